@@ -1,0 +1,24 @@
+# jacreg: Jacobian regularization against universal adversarial perturbations
+# (Co, Martinez-Rego & Lupu, ICANN 2021). One command reproduces it:
+#   snakemake --cores all                                   # paper profile (config.yaml)
+#   snakemake --cores all --configfile configs/quick.yaml   # quick profile, CPU, minutes
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/attack.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        f"reports/{RUN}/report.html",
+        f"reports/{RUN}/metrics.json",

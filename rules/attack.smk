@@ -1,0 +1,29 @@
+# Stage 3: SGD-UAPs against each trained model, one per eps of that dataset's grid. Reads the
+# checkpoint only: attacking never retrains.
+
+
+rule attack:
+    input:
+        checkpoint=f"{RESULTS}/models/{{dataset}}/lam{{lam}}_seed{{seed}}.pt",
+        data="data/prepared/{dataset}.pt",
+    output:
+        f"{RESULTS}/uaps/{{dataset}}/lam{{lam}}_seed{{seed}}.pt",
+    params:
+        settings=as_json({k: v for k, v in config["attack"].items() if k != "device"}),
+        eps=lambda wc: as_json(config["epsilons"][wc.dataset]),
+        lam=lambda wc: LAMBDAS[wc.lam],
+        device=device_of("attack"),
+    log:
+        f"{LOGS}/attack/{{dataset}}/lam{{lam}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/attack/{{dataset}}/lam{{lam}}_seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=0,
+    shell:
+        "{JACREG} attack --dataset {wildcards.dataset:q} --lam {params.lam} "
+        "--seed {wildcards.seed} --checkpoint {input.checkpoint:q} --data {input.data:q} "
+        "--eps {params.eps:q} --settings {params.settings:q} --device {params.device:q} "
+        "--threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,44 @@
+# Shared helpers: config validation (before any job), paths, and per-job parameters.
+import json
+import shlex
+import sys
+
+from jacreg.config import ConfigError, load_schema, train_settings, validate_config
+from jacreg.config import format_lambda
+
+try:
+    validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+# The interpreter running Snakemake runs every job too: no PATH or activated venv needed.
+JACREG = f"{shlex.quote(sys.executable)} -m jacreg.cli"
+RUN = config["run_name"]
+DATASETS = config["datasets"]
+LAMBDAS = {format_lambda(lam): float(lam) for lam in config["lambdas"]}
+SEEDS = [int(s) for s in config["seeds"]]
+RESULTS = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+BENCH = f"{RESULTS}/benchmarks"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    lam="|".join(map(lambda s: s.replace(".", r"\."), LAMBDAS)),
+    seed=r"\d+",
+
+
+MODEL_KEYS = [(d, lam, s) for d in DATASETS for lam in LAMBDAS for s in SEEDS]
+
+
+def model_paths(kind, ext):
+    """One path per trained model: results/{run}/{kind}/{dataset}/lam{lam}_seed{seed}.{ext}."""
+    return [f"{RESULTS}/{kind}/{d}/lam{lam}_seed{s}.{ext}" for d, lam, s in MODEL_KEYS]
+
+
+def as_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def device_of(section):
+    return config[section].get("device", "auto")

@@ -1,0 +1,57 @@
+# Stage 4: per-model rates over the test split and Jacobian analysis over the analysis set;
+# then one aggregation job that writes metrics.json with every row and claims C1-C4.
+
+
+rule evaluate:
+    input:
+        checkpoint=f"{RESULTS}/models/{{dataset}}/lam{{lam}}_seed{{seed}}.pt",
+        uaps=f"{RESULTS}/uaps/{{dataset}}/lam{{lam}}_seed{{seed}}.pt",
+        data="data/prepared/{dataset}.pt",
+    output:
+        f"{RESULTS}/eval/{{dataset}}/lam{{lam}}_seed{{seed}}.json",
+    params:
+        settings=as_json(
+            {k: v for k, v in config["analysis"].items() if k not in ("claims", "report", "device")}
+        ),
+        lam=lambda wc: LAMBDAS[wc.lam],
+        device=device_of("analysis"),
+    log:
+        f"{LOGS}/evaluate/{{dataset}}/lam{{lam}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{dataset}}/lam{{lam}}_seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=60,
+        gpu=0,
+    shell:
+        "{JACREG} evaluate --dataset {wildcards.dataset:q} --lam {params.lam} "
+        "--seed {wildcards.seed} --checkpoint {input.checkpoint:q} --uaps {input.uaps:q} "
+        "--data {input.data:q} --settings {params.settings:q} --device {params.device:q} "
+        "--threads {threads} --out {output:q} > {log:q} 2>&1"
+
+
+rule aggregate:
+    input:
+        model_paths("eval", "json"),
+    output:
+        f"reports/{RUN}/metrics.json",
+    params:
+        # everything that shapes the metrics; report-only settings stay out of it
+        config=as_json(
+            {
+                **config,
+                "analysis": {k: v for k, v in config["analysis"].items() if k != "report"},
+            }
+        ),
+    log:
+        f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCH}/aggregate.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{JACREG} aggregate --evals {input:q} --config {params.config:q} --out {output:q} "
+        "> {log:q} 2>&1"

@@ -1,0 +1,224 @@
+"""Command-line entry points, one per workflow stage: ``jacreg {prepare,train,attack,...}``.
+
+Each Snakemake rule calls exactly one of these. They parse arguments, set threads, seeds and the
+device, call the package, and write their outputs atomically; the science lives in the modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jacreg import runtime
+from jacreg.config import config_sha256
+from jacreg.io import read_json, save_torch, write_json
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+
+
+def _settings(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from jacreg.data import prepare_dataset
+
+    runtime.set_threads(args.threads)
+    prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir, mirror=args.mirror)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from jacreg.data import get_spec, load_prepared, to_float
+    from jacreg.models import save_checkpoint
+    from jacreg.train import train_model
+
+    log = runtime.setup_logging("train")
+    threads = runtime.set_threads(args.threads)
+    device = runtime.resolve_device(args.device)
+    runtime.configure_determinism(device)
+    runtime.seed_everything(args.seed)
+    settings = _settings(args.settings)
+    spec = get_spec(args.dataset)
+    tensors = load_prepared(args.data)
+    x, y = to_float(tensors["x_train"]), tensors["y_train"]
+    out = Path(args.out)
+    state_path = out.with_name(out.stem + ".resume.pt")
+    log.info("train dataset=%s lambda=%g seed=%d n=%d device=%s threads=%d settings=%s",
+             args.dataset, args.lam, args.seed, len(x), device, threads, json.dumps(settings))
+    started = time.perf_counter()
+    model, history = train_model(x, y, spec, settings, args.lam, args.seed, device,
+                                 state_path=state_path)
+    meta = {"dataset": args.dataset, "lambda": args.lam, "seed": args.seed,
+            "settings": settings, "history": history, "device": str(device),
+            "threads": threads, "seconds": time.perf_counter() - started,
+            "torch": str(torch.__version__)}
+    save_checkpoint(model, out, settings["architecture"],
+                    {"in_channels": spec.channels, "num_classes": spec.num_classes,
+                     "image_size": spec.image_size}, meta)
+    state_path.unlink(missing_ok=True)
+    log.info("wrote %s (%.1f s)", out, meta["seconds"])
+
+
+def cmd_attack(args: argparse.Namespace) -> None:
+    from jacreg.data import load_prepared, to_float
+    from jacreg.models import load_checkpoint
+    from jacreg.uap import sgd_uap
+
+    log = runtime.setup_logging("attack")
+    runtime.set_threads(args.threads)
+    device = runtime.resolve_device(args.device)
+    runtime.configure_determinism(device)
+    runtime.seed_everything(args.seed)
+    settings = _settings(args.settings)
+    eps_list = [float(e) for e in json.loads(args.eps)]
+    model = load_checkpoint(args.checkpoint, device=device)
+    tensors = load_prepared(args.data)
+    n = settings["n_images"]
+    x, y = to_float(tensors["x_attack"][:n]), tensors["y_attack"][:n]
+    x, y = x.to(device), y.to(device)
+    uaps = []
+    for eps in eps_list:
+        started = time.perf_counter()
+        v = sgd_uap(model, x, y, eps, epochs=settings["epochs"],
+                    batch_size=settings["batch_size"], beta=settings["beta"],
+                    step_size=settings["step_fraction"] * eps,
+                    target_class=settings.get("target_class"), seed=args.seed, device=device,
+                    progress=True)
+        log.info("eps=%g n_images=%d linf=%.4f l2=%.4f seconds=%.1f", eps, len(x),
+                 float(v.abs().max()), float(v.norm()), time.perf_counter() - started)
+        uaps.append(v)
+    save_torch({"eps": torch.tensor(eps_list, dtype=torch.float64), "uaps": torch.stack(uaps),
+                "dataset": args.dataset, "lambda": args.lam, "seed": args.seed,
+                "settings": settings}, args.out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from jacreg.evaluate import evaluate_model
+
+    runtime.setup_logging("evaluate")
+    runtime.set_threads(args.threads)
+    device = runtime.resolve_device(args.device)
+    runtime.seed_everything(args.seed)
+    result = evaluate_model(args.checkpoint, args.uaps, args.data, args.dataset, args.lam,
+                            args.seed, _settings(args.settings), device)
+    write_json(result, args.out)
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from jacreg.metrics import evaluate_claims
+
+    log = runtime.setup_logging("aggregate")
+    config = json.loads(args.config)
+    evaluations = [read_json(p) for p in args.evals]
+    rows = sorted((row for ev in evaluations for row in ev["rows"]),
+                  key=lambda r: (r["dataset"], r["lambda"], r["seed"], r["eps"]))
+    test_sizes = {r["dataset"]: r["n_test"] for r in rows}
+    claims = evaluate_claims(rows, config["analysis"]["claims"], test_sizes)
+    environment = runtime.environment_info()
+    metrics = {"run": config["run_name"], "git_commit": _git_commit(),
+               "config_sha256": config_sha256(config), "environment": environment,
+               "config": config, "rows": rows, "claims": claims}
+    write_json(metrics, args.out)
+    for claim in claims:
+        log.info("claim=%s dataset=%s value=%s threshold=%s holds=%s", claim["id"],
+                 claim["dataset"], claim["value"], claim["threshold"], claim["holds"])
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from jacreg.report import render_report
+
+    runtime.setup_logging("report")
+    benchmarks = sorted(Path(args.benchmarks_dir).rglob("*.tsv")) if args.benchmarks_dir else []
+    render_report(args.metrics, args.evals, args.uaps, benchmarks, args.html, args.figures_dir,
+                  dpi=args.dpi)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jacreg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="download/verify/convert a dataset into a tensor file")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--raw-dir", default="data/raw")
+    p.add_argument("--mirror", default=None, help="alternative base URL for torchvision data")
+    _common(p)
+    p.set_defaults(func=cmd_prepare)
+
+    model_args = [("--dataset", str), ("--lam", float), ("--seed", int)]
+    p = sub.add_parser("train", help="train one model at one lambda and seed")
+    for flag, kind in model_args:
+        p.add_argument(flag, type=kind, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--settings", required=True, help="JSON training settings")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("attack", help="craft one SGD-UAP per eps against one model")
+    for flag, kind in model_args:
+        p.add_argument(flag, type=kind, required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--eps", required=True, help="JSON list of eps")
+    p.add_argument("--settings", required=True, help="JSON attack settings")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("evaluate", help="rates and Jacobian analysis of one model")
+    for flag, kind in model_args:
+        p.add_argument(flag, type=kind, required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--uaps", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--settings", required=True, help="JSON analysis settings")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", help="metrics.json with every row and claims C1-C4")
+    p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--config", required=True, help="JSON configuration")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("report", help="figures and the self-contained HTML report")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--uaps", nargs="+", required=True)
+    p.add_argument("--benchmarks-dir", default=None)
+    p.add_argument("--html", required=True)
+    p.add_argument("--figures-dir", required=True)
+    p.add_argument("--dpi", type=int, default=110)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

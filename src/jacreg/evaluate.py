@@ -1,0 +1,134 @@
+"""Per-model evaluation: rates over the test split and Jacobian analysis over the analysis set.
+
+For one trained model and its UAPs (one per eps) this computes, in one pass of each kind:
+
+- over the whole test split: clean accuracy, UAP evasion and fooling rates per eps, and the
+  random +-eps baseline;
+- over the analysis set X (the first ``analysis.n_inputs`` test inputs), from the exact
+  per-sample Jacobians: mean ||J(x)||_F, mean sigma_i, ||J_X||_2 and ||J_X||_F, and, per eps,
+  the chain (DESIGN §2)
+
+      ||f(X+v) - f(X)||  ~  ||J_X v||  <=  ||J_X||_2 ||v||_2  <=  ||J_X||_F ||v||_2,
+
+  plus the cosine between the UAP and the top right singular vector of J_X;
+- the shared-perturbation metric s_ij over ``analysis.n_pairs`` random pairs, with the
+  singular-vector cosine, and its K x K class-pair matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jacreg.data import get_spec, load_prepared, to_float
+from jacreg.io import load_torch
+from jacreg.jacobian import (
+    class_pair_matrix,
+    jacobian_statistics,
+    linearized_logit_change,
+    pairwise_shared_metric,
+    per_sample_jacobians,
+    sample_pairs,
+)
+from jacreg.metrics import (
+    accuracy,
+    predict,
+    random_sign_perturbation,
+    uap_evasion_rate,
+    uap_fooling_rate,
+)
+from jacreg.models import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def _stacked_logit_change(model: torch.nn.Module, x: torch.Tensor, v: torch.Tensor,
+                          batch_size: int) -> float:
+    device = next(model.parameters()).device
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        delta = model((xb + v.to(device)).clamp(0.0, 1.0)) - model(xb)
+        total += float(delta.double().pow(2).sum())
+    return math.sqrt(total)
+
+
+def load_uaps(path: str | Path) -> tuple[list[float], torch.Tensor]:
+    """(eps list, tensor E x C x H x W) from a UAP file, weights-only."""
+    payload = load_torch(path)
+    return [float(e) for e in payload["eps"]], payload["uaps"]
+
+
+def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str | Path,
+                   dataset: str, lam: float, seed: int, settings: dict[str, Any],
+                   device: torch.device) -> dict[str, Any]:
+    """All metrics of one model; returns a dict with ``rows`` (one per eps) and the class matrix."""
+    spec = get_spec(dataset)
+    model = load_checkpoint(checkpoint, device=device)
+    tensors = load_prepared(data_file)
+    x_test, y_test = to_float(tensors["x_test"]), tensors["y_test"]
+    eps_list, uaps = load_uaps(uap_file)
+    batch = settings["batch_size"]
+
+    clean_pred = predict(model, x_test, batch_size=batch)
+    clean_acc = accuracy(clean_pred, y_test)
+    log.info("clean_accuracy=%.4f n_test=%d", clean_acc, len(y_test))
+
+    x_an, y_an = x_test[:settings["n_inputs"]], y_test[:settings["n_inputs"]]
+    jac = per_sample_jacobians(model, x_an, batch_size=batch, progress=True).cpu()
+    stats = jacobian_statistics(jac)
+    generator = torch.Generator().manual_seed(seed)
+    pairs = sample_pairs(len(x_an), settings["n_pairs"], generator)
+    scores, cosines = pairwise_shared_metric(jac, stats, pairs)
+    matrix = class_pair_matrix(jac, stats, y_an, spec.num_classes,
+                               settings["pairs_per_class_pair"], generator)
+    log.info("jacobian_frobenius=%.4f stacked_spectral=%.4f shared_metric=%.4f",
+             float(stats.frobenius.mean()), stats.stacked_spectral, float(scores.mean()))
+
+    rows = []
+    noise_gen = torch.Generator().manual_seed(seed + 7_000_001)
+    for eps, v in zip(eps_list, uaps, strict=True):
+        adv_pred = predict(model, x_test, v, batch_size=batch)
+        noise = random_sign_perturbation(v.shape, eps, noise_gen)
+        noise_pred = predict(model, x_test, noise, batch_size=batch)
+        v_norm = float(v.double().norm())
+        top_cos = float((v.reshape(-1).double() @ stats.stacked_top_vector.double()).abs()
+                        / max(v_norm, 1e-30))
+        row = {
+            "dataset": dataset, "lambda": float(lam), "seed": int(seed), "eps": float(eps),
+            "clean_accuracy": clean_acc, "clean_error": 1.0 - clean_acc,
+            "uap_evasion_rate": uap_evasion_rate(adv_pred, y_test),
+            "uap_fooling_rate": uap_fooling_rate(clean_pred, adv_pred),
+            "random_evasion_rate": uap_evasion_rate(noise_pred, y_test),
+            "random_fooling_rate": uap_fooling_rate(clean_pred, noise_pred),
+            "jacobian_frobenius": float(stats.frobenius.mean()),
+            "jacobian_spectral_mean": float(stats.spectral.mean()),
+            "stacked_jacobian_spectral": stats.stacked_spectral,
+            "stacked_jacobian_frobenius": stats.stacked_frobenius,
+            "shared_metric_mean": float(scores.mean()),
+            "shared_cosine_mean": float(cosines.mean()),
+            "uap_l2_norm": v_norm,
+            "uap_top_singular_cosine": top_cos,
+            "linearized_logit_change": linearized_logit_change(jac, v),
+            "spectral_bound": stats.stacked_spectral * v_norm,
+            "frobenius_bound": stats.stacked_frobenius * v_norm,
+            "actual_logit_change": _stacked_logit_change(model, x_an, v, batch),
+            "n_test": len(y_test), "n_analysis": len(x_an), "n_pairs": len(pairs),
+            "checkpoint": str(checkpoint), "uap": str(uap_file),
+        }
+        log.info("eps=%g uap_evasion=%.4f fooling=%.4f random_evasion=%.4f", eps,
+                 row["uap_evasion_rate"], row["uap_fooling_rate"], row["random_evasion_rate"])
+        rows.append(row)
+    return {
+        "dataset": dataset, "lambda": float(lam), "seed": int(seed),
+        "class_names": list(spec.classes),
+        "class_pair_matrix": [[None if math.isnan(c) else float(c) for c in r]
+                              for r in matrix.tolist()],
+        "shared_metric_mean": float(scores.mean()),
+        "rows": rows,
+    }

@@ -1,0 +1,79 @@
+"""Process set-up shared by every stage: device choice, thread count, seeds and logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cpu`` and ``cuda[:i]`` are taken as is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def set_threads(threads: int | None) -> int:
+    """Use exactly the cores the scheduler granted this job (Snakemake's ``threads:``)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+        os.environ["OMP_NUM_THREADS"] = str(int(threads))
+    return torch.get_num_threads()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for data order and sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def configure_determinism(device: torch.device) -> None:
+    """Deterministic kernels on the CPU; cuDNN autotuning on the GPU (fast, not bit-exact)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def setup_logging(stage: str) -> logging.Logger:
+    """Log lines to stderr, which each Snakemake rule redirects to its ``log:`` file."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    return logging.getLogger(f"jacreg.{stage}")
+
+
+def environment_info() -> dict[str, str]:
+    """Versions and hardware, recorded in metrics.json and the report's provenance block."""
+    import platform
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "cuda": torch.version.cuda or "none",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+    for package in ("torchvision", "snakemake", "matplotlib", "mlxtend", "dvc"):
+        try:
+            from importlib.metadata import version
+
+            info[package] = version(package)
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded as such
+            info[package] = "not installed"
+    return info

@@ -1,0 +1,215 @@
+"""Tests for :mod:`jacreg.report` on a small synthetic run (1 dataset, 2 lambdas, 2 seeds)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from jacreg.report import FIGURES, _correlations, _read_benchmarks, render_report  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LAMBDAS = [0.0, 0.5]
+SEEDS = [0, 1]
+EPS = [0.1, 0.3]
+CLEAN = {(0.0, 0): 0.95, (0.0, 1): 0.97, (0.5, 0): 0.90, (0.5, 1): 0.94}
+RUN_NAME = "quick<script>alert(1)</script>"
+BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+
+
+def _row(lam: float, seed: int, eps: float) -> dict[str, Any]:
+    jac = 10.0 / (1.0 + 10 * lam) + seed
+    evasion = min(1.0, eps * (2.0 - lam) + 0.05 * seed)
+    v_norm = eps * 28.0
+    return {
+        "dataset": "mnist5k", "lambda": lam, "seed": seed, "eps": eps,
+        "clean_accuracy": CLEAN[(lam, seed)], "clean_error": 1.0 - CLEAN[(lam, seed)],
+        "uap_evasion_rate": evasion, "uap_fooling_rate": evasion + 0.01,
+        "random_evasion_rate": eps / 10, "random_fooling_rate": eps / 9,
+        "jacobian_frobenius": jac, "jacobian_spectral_mean": jac / 2,
+        "stacked_jacobian_spectral": jac * 3, "stacked_jacobian_frobenius": jac * 5,
+        "shared_metric_mean": 0.3 - 0.2 * lam + 0.01 * seed, "shared_cosine_mean": 0.1,
+        "uap_l2_norm": v_norm, "linearized_logit_change": jac * v_norm,
+        "spectral_bound": jac * 3 * v_norm, "frobenius_bound": jac * 5 * v_norm,
+        "actual_logit_change": jac * v_norm * 0.9,
+        "checkpoint": f"models/lam{lam}_seed{seed}.pt", "uap": f"uaps/lam{lam}_seed{seed}.pt",
+    }
+
+
+CLAIMS = [
+    {"id": "C1", "dataset": "mnist5k", "statement": "Jacobian regularization lowers UAP evasion",
+     "value": 0.123456, "threshold": 0.0, "holds": True, "detail": {"lambda": 0.5, "eps": 0.3}},
+    {"id": "C2", "dataset": "mnist5k", "statement": "Clean accuracy is kept <within 2%>",
+     "value": 0.04, "threshold": 0.02, "holds": False, "detail": {}},
+    {"id": "C3", "dataset": "mnist5k", "statement": "Bounds hold side by side", "value": None,
+     "threshold": 0.0, "holds": True,
+     "detail": {"measure": "spectral", "bound_violations": 0}},
+    {"id": "C4", "dataset": "mnist5k", "statement": "Metric tracks evasion", "value": 0.8,
+     "threshold": 0.5, "holds": False, "detail": {"measure": "shared_metric", "spearman": 0.8}},
+]
+
+
+@pytest.fixture()
+def run(tmp_path: Path) -> dict[str, Any]:
+    rows = [_row(lam, seed, eps) for lam in LAMBDAS for seed in SEEDS for eps in EPS]
+    metrics = {
+        "run": RUN_NAME, "git_commit": "abc123", "config_sha256": "f" * 64,
+        "environment": {"python": "3.11", "torch": "2.x", "threads": "4",
+                        "interop_threads": "2"},
+        "config": {"seeds": SEEDS, "lambdas": LAMBDAS, "epsilons": EPS,
+                   "train": {"epochs": 1}, "attack": {}, "analysis": {}},
+        "rows": rows, "claims": CLAIMS,
+    }
+    metrics_path = tmp_path / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics))
+
+    names = [str(k) for k in range(10)]
+    eval_paths, uap_paths = [], []
+    for lam in LAMBDAS:
+        for seed in SEEDS:
+            matrix: list[list[float | None]] = [
+                [0.1 * (i == j) + 0.01 * (i + j) + lam for j in range(10)] for i in range(10)
+            ]
+            matrix[0][1] = None  # NaN in the file
+            ev = {"dataset": "mnist5k", "lambda": lam, "seed": seed, "class_names": names,
+                  "class_pair_matrix": matrix, "shared_metric_mean": 0.2,
+                  "rows": [r for r in rows if r["lambda"] == lam and r["seed"] == seed]}
+            path = tmp_path / "eval" / f"lam{lam}_seed{seed}.json"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(ev))
+            eval_paths.append(path)
+            eps_t = torch.tensor(EPS)
+            uaps = (torch.rand(len(EPS), 1, 28, 28) * 2 - 1) * eps_t.view(-1, 1, 1, 1)
+            upath = tmp_path / "uaps" / f"lam{lam}_seed{seed}.pt"
+            upath.parent.mkdir(exist_ok=True)
+            torch.save({"eps": eps_t, "uaps": uaps, "dataset": "mnist5k", "lambda": lam,
+                        "seed": seed}, upath)
+            uap_paths.append(upath)
+
+    bench = tmp_path / "results" / "quick" / "benchmarks"
+    bench_files = {
+        bench / "train" / "mnist5k" / "lam0.0_seed0.tsv": "3.0",
+        bench / "train" / "mnist5k" / "lam0.5_seed0.tsv": "5.0",
+        bench / "aggregate.tsv": "1.25",
+        bench / "attack" / "mnist5k" / "lam0.0_seed0.tsv": "NA",
+    }
+    for path, seconds in bench_files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{BENCH_HEADER}\n{seconds}\t0:00:03\t100\t200\t-\t-\t-\t-\t-\t1.0\n")
+    return {"metrics": metrics_path, "evals": eval_paths, "uaps": uap_paths,
+            "bench": list(bench_files), "html": tmp_path / "out" / "report.html",
+            "figs": tmp_path / "out" / "figures"}
+
+
+def _render(run: dict[str, Any]) -> tuple[list[Path], str]:
+    written = render_report(run["metrics"], run["evals"], run["uaps"], run["bench"],
+                            run["html"], run["figs"], dpi=60)
+    return written, Path(run["html"]).read_text(encoding="utf-8")
+
+
+def test_figures_are_valid_pngs(run: dict[str, Any]) -> None:
+    written, _ = _render(run)
+    expected = [name for name, _, _ in FIGURES]
+    assert len(expected) == 7
+    assert [p.name for p in written] == expected
+    for path in written:
+        assert path.parent == run["figs"]
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        image = mpimg.imread(path)
+        assert image.shape[0] > 50 and image.shape[1] > 50
+    assert not list(Path(run["figs"]).glob("*.tmp")), "temporary files left behind"
+
+
+def test_html_embeds_every_figure_and_no_external_resources(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    assert page.count('<img src="data:image/png;base64,') == 7
+    assert "<script" not in page
+    assert not re.search(r"(src|href)=\"https?:", page)
+    for heading in ("Claims", "Results", "Provenance", "Method notes"):
+        assert f"<h2>{heading}</h2>" in page
+    order = [page.index(f"<h2>{h}</h2>") for h in ("Claims", "Results", "Provenance")]
+    assert order == sorted(order)
+
+
+def test_claims_marks_match_holds(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    for claim in CLAIMS:
+        match = re.search(rf"<tr><td>{claim['id']}</td>.*?</tr>", page)
+        assert match, claim["id"]
+        row = match.group(0)
+        if claim["holds"]:
+            assert "✓" in row and "✗" not in row
+        else:
+            assert "✗" in row and "✓" not in row
+    assert "0.123" in page  # 3 significant digits
+    assert "&lt;within 2%&gt;" in page
+    assert "bound_violations=0" in page
+
+
+def test_results_table_means(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    results = page[page.index("<h2>Results</h2>"):page.index("<h2>Figures</h2>")]
+    assert "0.960 ± 0.014" in results  # lambda 0: mean(0.95, 0.97), sample std
+    assert "0.920 ± 0.028" in results  # lambda 0.5
+    assert "UAP evasion ε=0.1" in results and "UAP evasion ε=0.3" in results
+    # lambda=0, eps=0.3: evasion = 0.6 and 0.65
+    assert "0.625 ± 0.035" in results
+
+
+def test_stage_times(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    prov = page[page.index("<h2>Provenance</h2>"):]
+    assert re.search(r"<tr><td>train</td><td>2</td><td>8\.0</td><td>5\.0</td></tr>", prov)
+    assert re.search(r"<tr><td>aggregate</td><td>1</td><td>1\.2", prov)
+    assert re.search(r"<tr><td>attack</td><td>1</td><td>–</td>", prov)  # NA is tolerated
+    assert re.search(r"<tr><td>total</td><td>4</td><td>9\.2", prov)
+    assert "interop_threads" in prov and "f" * 64 in prov
+
+
+def test_run_name_is_escaped(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    assert "<script>" not in page
+    assert "quick&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_read_benchmarks_stage_names(tmp_path: Path) -> None:
+    paths = {
+        tmp_path / "benchmarks" / "prepare" / "mnist5k.tsv": "2\t",
+        tmp_path / "benchmarks" / "aggregate.tsv": "-\t",
+        tmp_path / "benchmarks" / "train" / "a" / "b.tsv": "1.5\t",
+    }
+    for path, text in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{BENCH_HEADER}\n{text}\n")
+    stages = _read_benchmarks(list(paths))
+    assert list(stages) == ["prepare", "train", "aggregate"]
+    assert stages["prepare"] == [2.0] and stages["train"] == [1.5]
+    assert stages["aggregate"][0] != stages["aggregate"][0]  # NaN
+
+
+def test_correlations() -> None:
+    pearson, spearman = _correlations([1, 2, 3, 4], [1, 4, 9, 100])
+    assert spearman == pytest.approx(1.0)
+    assert 0 < pearson < 1
+    pearson, spearman = _correlations([1, 2, 2, 3], [3, 2, 2, 1])
+    assert pearson == pytest.approx(-1.0) and spearman == pytest.approx(-1.0)
+    assert _correlations([1.0], [2.0])[0] != _correlations([1.0], [2.0])[0]  # NaN
+
+
+def test_rgb_uaps_and_missing_evals(run: dict[str, Any]) -> None:
+    for path in run["uaps"]:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved["uaps"] = (torch.rand(len(EPS), 3, 8, 8) * 2 - 1) * saved["eps"].view(-1, 1, 1, 1)
+        torch.save(saved, path)
+    written = render_report(run["metrics"], [], run["uaps"], [], run["html"], run["figs"], dpi=50)
+    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in written)
+    page = Path(run["html"]).read_text(encoding="utf-8")
+    assert re.search(r"<tr><td>total</td><td>0</td><td>0\.0", page)

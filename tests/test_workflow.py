@@ -1,0 +1,150 @@
+"""End-to-end: the real Snakemake CLI on a reduced quick profile in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "rules", "schemas", "config.yaml", "configs"]
+REQUIRED_ROW_KEYS = {
+    "dataset", "lambda", "seed", "eps", "clean_accuracy", "uap_evasion_rate",
+    "uap_fooling_rate", "random_evasion_rate", "jacobian_frobenius",
+    "stacked_jacobian_spectral", "shared_metric_mean", "checkpoint", "uap",
+}
+REDUCED = {
+    "run_name": "e2e",
+    "datasets": ["mnist5k"],
+    "lambdas": [0.0, 1.0],
+    "seeds": [0],
+    "epsilons": {"mnist5k": [0.2, 0.3]},
+    "train": {"architecture": "cnn_small", "epochs": 2, "batch_size": 64},
+    "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128},
+    "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4},
+}
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
+        capture_output=True, text=True, timeout=1200,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    (workdir / "e2e.yaml").write_text(yaml.safe_dump(REDUCED))
+    snakemake(workdir, "--cores", "2", "--configfile", "e2e.yaml")
+    return workdir
+
+
+@pytest.mark.workflow
+def test_metrics_json_follows_the_contract(finished_run: Path) -> None:
+    metrics = json.loads((finished_run / "reports/e2e/metrics.json").read_text())
+    assert {"run", "git_commit", "config_sha256", "environment", "rows", "claims"} <= set(metrics)
+    assert metrics["run"] == "e2e"
+    assert len(metrics["config_sha256"]) == 64
+    rows = metrics["rows"]
+    grid = {(r["dataset"], r["lambda"], r["seed"], r["eps"]) for r in rows}
+    assert grid == {("mnist5k", lam, 0, eps) for lam in (0.0, 1.0) for eps in (0.2, 0.3)}
+    assert len(rows) == 4
+    for row in rows:
+        assert REQUIRED_ROW_KEYS <= set(row)
+        for key in ("clean_accuracy", "uap_evasion_rate", "uap_fooling_rate",
+                    "random_evasion_rate"):
+            assert 0.0 <= row[key] <= 1.0
+        # paths relative to the workflow root, pointing at the files that were measured
+        assert not Path(row["checkpoint"]).is_absolute()
+        assert (finished_run / row["checkpoint"]).is_file()
+        assert (finished_run / row["uap"]).is_file()
+        assert f"lam{row['lambda']:g}_seed0" in row["checkpoint"]
+        # the bound chain of DESIGN §2 holds on real models
+        assert row["linearized_logit_change"] <= row["spectral_bound"] * (1 + 1e-5)
+        assert row["spectral_bound"] <= row["frobenius_bound"] * (1 + 1e-5)
+        assert row["clean_accuracy"] > 0.7  # two epochs on 4,000 real digits
+    claims = metrics["claims"]
+    assert sorted(c["id"] for c in claims) == ["C1", "C2", "C3", "C4"]
+    for claim in claims:
+        assert {"id", "dataset", "value", "threshold", "holds"} <= set(claim)
+        assert isinstance(claim["holds"], bool)
+
+
+@pytest.mark.workflow
+def test_regularized_model_has_smaller_jacobian(finished_run: Path) -> None:
+    rows = json.loads((finished_run / "reports/e2e/metrics.json").read_text())["rows"]
+    frob = {r["lambda"]: r["jacobian_frobenius"] for r in rows}
+    spectral = {r["lambda"]: r["stacked_jacobian_spectral"] for r in rows}
+    assert frob[1.0] < frob[0.0]
+    assert spectral[1.0] < spectral[0.0]
+
+
+@pytest.mark.workflow
+def test_report_and_figures_written(finished_run: Path) -> None:
+    html = (finished_run / "reports/e2e/report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 7
+    for claim_id in ("C1", "C2", "C3", "C4"):
+        assert claim_id in html
+    figures = sorted(p.name for p in (finished_run / "reports/e2e/figures").glob("*.png"))
+    assert len(figures) == 7
+    # every rule wrote its log and benchmark
+    assert (finished_run / "logs/e2e/train/mnist5k/lam1_seed0.log").read_text().count("epoch=") == 2
+    assert (finished_run / "results/e2e/benchmarks/train/mnist5k/lam0_seed0.tsv").is_file()
+
+
+@pytest.mark.workflow
+def test_rerun_plans_nothing_and_eps_change_plans_no_training(finished_run: Path) -> None:
+    proc = snakemake(finished_run, "-n", "--cores", "1", "--configfile", "e2e.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    changed = dict(REDUCED, epsilons={"mnist5k": [0.1, 0.3]})
+    (finished_run / "eps.yaml").write_text(yaml.safe_dump(changed))
+    proc = snakemake(finished_run, "-n", "--cores", "1", "--configfile", "eps.yaml")
+    out = proc.stdout + proc.stderr
+    assert "attack" in out
+    assert not any(line.split()[:1] == ["train"] for line in out.splitlines())
+
+
+def test_bad_config_fails_before_any_job(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path)
+    bad = dict(REDUCED, lambdas=[0.0, -0.5])
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(bad))
+    proc = snakemake(workdir, "--cores", "1", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0
+    assert "lambdas[1]" in proc.stdout + proc.stderr
+    assert not (workdir / "data").exists() and not (workdir / "results").exists()
+
+
+def test_paper_profile_dry_run_plans_the_full_grid(tmp_path: Path) -> None:
+    workdir = copy_workflow(tmp_path)
+    proc = snakemake(workdir, "-n", "--cores", "1")
+    out = proc.stdout
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts["train"] == 3 * 6 * 3
+    assert counts["attack"] == 54 and counts["evaluate"] == 54
+    assert counts["prepare_data"] == 3
