@@ -18,6 +18,15 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
+# Run on the submitting host, never as cluster jobs: downloads need the login node's network,
+# aggregation and the report take seconds.
+localrules:
+    all,
+    prepare_data,
+    aggregate,
+    report,
+
+
 rule all:
     input:
         f"reports/{RUN}/report.html",

@@ -13,15 +13,17 @@ rule attack:
         eps=lambda wc: as_json(config["epsilons"][wc.dataset]),
         lam=lambda wc: LAMBDAS[wc.lam],
         device=device_of("attack"),
+    group:
+        "uap_eval"  # one cluster job per model: its attack, then its evaluation
     log:
         f"{LOGS}/attack/{{dataset}}/lam{{lam}}_seed{{seed}}.log",
     benchmark:
         f"{BENCH}/attack/{{dataset}}/lam{{lam}}_seed{{seed}}.tsv"
     threads: 1
+    # uses the GPU when present (device: auto); profiles/slurm asks SLURM for one
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=0,
     shell:
         "{JACREG} attack --dataset {wildcards.dataset:q} --lam {params.lam} "
         "--seed {wildcards.seed} --checkpoint {input.checkpoint:q} --data {input.data:q} "

@@ -15,15 +15,17 @@ rule evaluate:
         ),
         lam=lambda wc: LAMBDAS[wc.lam],
         device=device_of("analysis"),
+    group:
+        "uap_eval"  # one cluster job per model: its attack, then its evaluation
     log:
         f"{LOGS}/evaluate/{{dataset}}/lam{{lam}}_seed{{seed}}.log",
     benchmark:
         f"{BENCH}/evaluate/{{dataset}}/lam{{lam}}_seed{{seed}}.tsv"
     threads: 1
+    # uses the GPU when present (device: auto); profiles/slurm asks SLURM for one
     resources:
         mem_mb=6000,
         runtime=60,
-        gpu=0,
     shell:
         "{JACREG} evaluate --dataset {wildcards.dataset:q} --lam {params.lam} "
         "--seed {wildcards.seed} --checkpoint {input.checkpoint:q} --uaps {input.uaps:q} "
@@ -35,7 +37,8 @@ rule aggregate:
     input:
         model_paths("eval", "json"),
     output:
-        f"reports/{RUN}/metrics.json",
+        metrics=f"reports/{RUN}/metrics.json",
+        curve=f"reports/{RUN}/evasion_vs_eps.csv",
     params:
         # everything that shapes the metrics; report-only settings stay out of it
         config=as_json(
@@ -53,5 +56,6 @@ rule aggregate:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{JACREG} aggregate --evals {input:q} --config {params.config:q} --out {output:q} "
+        "{JACREG} aggregate --evals {input:q} --config {params.config:q} "
+        "--out {output.metrics:q} --curve {output.curve:q} "
         "> {log:q} 2>&1"

@@ -16,10 +16,10 @@ rule train:
     benchmark:
         f"{BENCH}/train/{{dataset}}/lam{{lam}}_seed{{seed}}.tsv"
     threads: 1
+    # uses the GPU when present (device: auto); profiles/slurm asks SLURM for one
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=0,
     shell:
         "{JACREG} train --dataset {wildcards.dataset:q} --lam {params.lam} "
         "--seed {wildcards.seed} --data {input.data:q} --settings {params.settings:q} "

@@ -148,3 +148,36 @@ def test_paper_profile_dry_run_plans_the_full_grid(tmp_path: Path) -> None:
     assert counts["train"] == 3 * 6 * 3
     assert counts["attack"] == 54 and counts["evaluate"] == 54
     assert counts["prepare_data"] == 3
+
+
+@pytest.mark.workflow
+def test_evasion_curve_csv_matches_metrics(finished_run: Path) -> None:
+    import csv
+
+    rows = json.loads((finished_run / "reports/e2e/metrics.json").read_text())["rows"]
+    with open(finished_run / "reports/e2e/evasion_vs_eps.csv") as handle:
+        curve = list(csv.DictReader(handle))
+    assert len(curve) == 4
+    by_key = {(r["lambda"], r["eps"]): r["uap_evasion_rate"] for r in rows}  # one seed
+    for record in curve:
+        key = (float(record["lambda"]), float(record["eps"]))
+        assert float(record["uap_evasion_rate_mean"]) == pytest.approx(by_key[key])
+        assert float(record["uap_evasion_rate_std"]) == 0.0
+
+
+@pytest.mark.workflow
+def test_one_core_run_gives_identical_metrics(finished_run: Path, tmp_path: Path) -> None:
+    """Determinism and concurrency: a --cores 1 run equals the --cores 2 run, row for row.
+
+    Each job sets torch's thread count from its ``threads:`` and keeps its scratch next to its
+    own output, so two jobs running at once cannot change each other's numbers.
+    """
+    workdir = copy_workflow(tmp_path)
+    (workdir / "e2e.yaml").write_text(yaml.safe_dump(REDUCED))
+    snakemake(workdir, "--cores", "1", "--configfile", "e2e.yaml")
+    first = json.loads((finished_run / "reports/e2e/metrics.json").read_text())
+    second = json.loads((workdir / "reports/e2e/metrics.json").read_text())
+    assert first["rows"] == second["rows"]
+    assert first["claims"] == second["claims"]
+    assert first["config_sha256"] == second["config_sha256"]
+    assert {r["train_threads"] for r in first["rows"]} == {1}

@@ -7,6 +7,7 @@ device, call the package, and write their outputs atomically; the science lives 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import time
@@ -17,7 +18,7 @@ import torch
 
 from jacreg import runtime
 from jacreg.config import config_sha256
-from jacreg.io import read_json, save_torch, write_json
+from jacreg.io import atomic_open, read_json, save_torch, write_json
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +126,7 @@ def _git_commit() -> str:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from jacreg.metrics import evaluate_claims
+    from jacreg.metrics import evaluate_claims, evasion_curve_table
 
     log = runtime.setup_logging("aggregate")
     config = json.loads(args.config)
@@ -137,8 +138,18 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     environment = runtime.environment_info()
     metrics = {"run": config["run_name"], "git_commit": _git_commit(),
                "config_sha256": config_sha256(config), "environment": environment,
-               "config": config, "rows": rows, "claims": claims}
+               "config": config, "rows": rows, "claims": claims,
+               # scalars only, for `dvc metrics show` / `dvc exp show`
+               "summary": {d: {f"{c['id']}_{k}": c[k] for c in claims if c["dataset"] == d
+                               for k in ("value", "holds")}
+                           for d in sorted({c["dataset"] for c in claims})}}
     write_json(metrics, args.out)
+    if args.curve:
+        curve = evasion_curve_table(rows)
+        with atomic_open(args.curve, "w") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(curve[0]))
+            writer.writeheader()
+            writer.writerows(curve)
     for claim in claims:
         log.info("claim=%s dataset=%s value=%s threshold=%s holds=%s", claim["id"],
                  claim["dataset"], claim["value"], claim["threshold"], claim["holds"])
@@ -201,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--config", required=True, help="JSON configuration")
     p.add_argument("--out", required=True)
+    p.add_argument("--curve", default=None, help="CSV of the seed-averaged evasion curves")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("report", help="figures and the self-contained HTML report")

@@ -62,6 +62,11 @@ def _describe(error: jsonschema.ValidationError) -> str:
             f"config key '{_key_path(path)}': {error.instance!r} is not allowed; "
             f"allowed values: {', '.join(map(str, error.validator_value))}"
         )
+    if error.validator == "not" and "description" in error.schema:
+        return (
+            f"config key '{_key_path(path)}': {error.instance!r} is not allowed; "
+            f"allowed: {error.schema['description']}"
+        )
     return f"config key '{_key_path(path)}': {error.message}"
 
 
@@ -78,6 +83,12 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
                     f"config key 'epsilons.{dataset}': missing; every dataset in 'datasets' "
                     "needs a list of eps values in (0, 1]"
                 )
+        names = [format_lambda(lam) for lam in config["lambdas"]]
+        if len(set(names)) != len(names):
+            messages.append(
+                f"config key 'lambdas': values {config['lambdas']} collide in file names "
+                f"{names}; use values that differ in their first 12 significant digits"
+            )
         target = config["attack"].get("target_class")
         if target is not None and target >= 10:
             messages.append(
@@ -99,8 +110,11 @@ def train_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
 
 
 def format_lambda(value: float) -> str:
-    """Stable text form of a regularization strength for file names: 0 -> '0', 0.01 -> '0.01'."""
-    return format(float(value), "g")
+    """Stable text form of a regularization strength for file names: 0 -> '0', 0.01 -> '0.01'.
+
+    Twelve significant digits: distinct lambdas in a config keep distinct names (checked).
+    """
+    return format(float(value), ".12g")
 
 
 def config_sha256(config: Mapping[str, Any]) -> str:

@@ -168,13 +168,38 @@ def prepared_path(name: str, root: str | Path = "data") -> Path:
     return Path(root) / "prepared" / f"{name}.pt"
 
 
+def quarantine(path: str | Path) -> Path:
+    """Move a bad file aside to ``{path}.corrupt`` so the next run rebuilds it."""
+    path = Path(path)
+    target = path.with_name(path.name + ".corrupt")
+    path.replace(target)
+    return target
+
+
 def load_prepared(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a prepared file weights-only and verify its recorded digest."""
-    payload = load_torch(path)
-    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
-    if tensor_digest(tensors) != payload.get("sha256"):
-        raise ValueError(f"{path}: prepared tensors do not match their recorded SHA-256; "
-                         "delete the file and rerun to rebuild it")
+    """Load a prepared file weights-only and verify its shapes, dtypes and recorded digest.
+
+    A file that fails is moved aside to ``{path}.corrupt`` and a ValueError names it; the
+    workflow's next run then finds the prepared file missing and rebuilds it.
+    """
+    try:
+        payload = load_torch(path)
+        tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+        problem = None
+        for split in SPLITS:
+            x, y = tensors.get(f"x_{split}"), tensors.get(f"y_{split}")
+            if x is None or y is None or x.dtype != torch.uint8 or y.dtype != torch.int64 \
+                    or x.ndim != 4 or len(x) != len(y):
+                problem = f"split {split!r} is missing or has the wrong shape or dtype"
+                break
+        if problem is None and tensor_digest(tensors) != payload.get("sha256"):
+            problem = "tensors do not match their recorded SHA-256"
+    except (ValueError, RuntimeError, OSError, AttributeError, KeyError) as error:
+        problem = f"unreadable ({error})"
+    if problem is not None:
+        moved = quarantine(path)
+        raise ValueError(f"{path}: corrupted prepared dataset: {problem}; moved aside to "
+                         f"{moved}; rerun the workflow to rebuild it")
     return tensors
 
 
@@ -193,8 +218,12 @@ def load_dataset(name: str, split: str, root: str | Path = "data",
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     path = Path(path) if path is not None else prepared_path(name, root)
+    tensors = None
     if path.exists():
-        tensors = load_prepared(path)
-    else:
+        try:
+            tensors = load_prepared(path)
+        except ValueError as error:  # moved aside: rebuild it now
+            log.warning("%s", error)
+    if tensors is None:
         tensors = prepare_dataset(name, path, raw_dir=Path(root) / "raw")
     return to_float(tensors[f"x_{split}"]), tensors[f"y_{split}"]

@@ -118,6 +118,8 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
             "spectral_bound": stats.stacked_spectral * v_norm,
             "frobenius_bound": stats.stacked_frobenius * v_norm,
             "actual_logit_change": _stacked_logit_change(model, x_an, v, batch),
+            "train_threads": int(model.checkpoint_meta.get("threads", 0)),
+            "eval_threads": torch.get_num_threads(),
             "n_test": len(y_test), "n_analysis": len(x_an), "n_pairs": len(pairs),
             "checkpoint": str(checkpoint), "uap": str(uap_file),
         }

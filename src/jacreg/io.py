@@ -30,7 +30,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, path)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise OSError(error.errno, f"could not write {path} ({error.strerror or error}); "
+                      "the previous version, if any, is intact") from error
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)

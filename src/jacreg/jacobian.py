@@ -67,20 +67,63 @@ def jacobian_penalty(x: torch.Tensor, logits: torch.Tensor, n_proj: int = 1,
     return 0.5 * scale * total / batch
 
 
+def _jacobians_loop(model: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+    """J(x_b) for one batch, (B, K, d): one forward, then K backward passes over its graph.
+
+    Pass k backpropagates the k-th basis vector for every input at once, so row k of every
+    J(x_b) comes from one ``autograd.grad`` call; the graph is kept for the next class.
+    """
+    xb = xb.detach().requires_grad_(True)
+    logits = model(xb)
+    batch, classes = logits.shape
+    eye = torch.eye(classes, device=logits.device, dtype=logits.dtype)
+    rows = []
+    for k in range(classes):
+        (row,) = torch.autograd.grad(logits, xb, grad_outputs=eye[k].expand(batch, classes),
+                                     retain_graph=k < classes - 1)
+        rows.append(row.reshape(batch, -1))
+    return torch.stack(rows, dim=1)
+
+
+def _jacobians_batched(model: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+    """J(x_b) for one batch from one ``autograd.grad(..., is_grads_batched=True)`` call."""
+    xb = xb.detach().requires_grad_(True)
+    logits = model(xb)
+    batch, classes = logits.shape
+    eye = torch.eye(classes, device=logits.device, dtype=logits.dtype)
+    grads = eye[:, None, :].expand(classes, batch, classes)
+    (jac,) = torch.autograd.grad(logits, xb, grad_outputs=grads, is_grads_batched=True)
+    return jac.reshape(classes, batch, -1).transpose(0, 1)
+
+
+def _jacobians_vmap(model: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+    """J(x_b) for one batch from ``torch.func.vmap(torch.func.jacrev(f))`` over the inputs."""
+    def single(xi: torch.Tensor) -> torch.Tensor:
+        return model(xi.unsqueeze(0)).squeeze(0)
+
+    jac = torch.func.vmap(torch.func.jacrev(single))(xb.detach())
+    return jac.reshape(jac.shape[0], jac.shape[1], -1)
+
+
+#: Ways to compute the per-sample Jacobians of a batch; all give the same numbers (bit for bit
+#: on the CPU). ``benchmarks`` times them side by side; ``per_sample_jacobians`` uses
+#: ``JACOBIAN_METHOD``, the fastest measured (docs/performance.md): with this PyTorch the vmap
+#: batching rules of the convolution and max-pool backward fall back to a loop over the K
+#: slices plus a concatenation, so the two vectorized forms cost more than the plain loop.
+JACOBIAN_METHODS = {"loop": _jacobians_loop, "batched": _jacobians_batched,
+                    "vmap": _jacobians_vmap}
+JACOBIAN_METHOD = {"cpu": "loop", "cuda": "loop"}
+
+
 def per_sample_jacobians(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
                          progress: bool = False) -> torch.Tensor:
-    """Exact J(x_i) for every input, shape (N, K, d): K batched vector-Jacobian products."""
+    """Exact J(x_i) for every input, shape (N, K, d): K vector-Jacobian products per batch."""
     device = next(model.parameters()).device
+    compute = JACOBIAN_METHODS[JACOBIAN_METHOD.get(device.type, "loop")]
     chunks = []
     for start in tqdm(range(0, len(x), batch_size), desc="jacobians", disable=not progress):
-        xb = x[start:start + batch_size].to(device).requires_grad_(True)
-        logits = model(xb)
-        classes = logits.shape[1]
-        # One backward per class, batched over inputs (is_grads_batched vmaps the K backwards).
-        eye = torch.eye(classes, device=device, dtype=logits.dtype)
-        grads = eye[:, None, :].expand(classes, len(xb), classes)
-        (jac,) = torch.autograd.grad(logits, xb, grad_outputs=grads, is_grads_batched=True)
-        chunks.append(jac.reshape(classes, len(xb), -1).transpose(0, 1).detach())
+        xb = x[start:start + batch_size].to(device)
+        chunks.append(compute(model, xb).detach())
     return torch.cat(chunks)
 
 

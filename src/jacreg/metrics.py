@@ -190,3 +190,15 @@ def evaluate_claims(rows: list[dict[str, Any]], thresholds: dict[str, float],
                        "n_models": len(top)},
         })
     return claims
+
+
+def evasion_curve_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seed-averaged headline curve: one record per (dataset, lambda, eps), for DVC plots."""
+    evasion = seed_summary(rows, "uap_evasion_rate")
+    accuracy_ = seed_summary(rows, "clean_accuracy")
+    return [
+        {"dataset": key[0], "lambda": key[1], "eps": key[2],
+         "uap_evasion_rate_mean": mean, "uap_evasion_rate_std": std,
+         "clean_accuracy_mean": accuracy_[key][0]}
+        for key, (mean, std) in sorted(evasion.items())
+    ]

@@ -133,7 +133,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     payload = load_torch(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a jacreg checkpoint (expected format {CHECKPOINT_FORMAT})")
-    model = build_model(payload["architecture"], **payload["arch_kwargs"])
+    try:
+        model = build_model(payload["architecture"], **dict(payload["arch_kwargs"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: malformed jacreg checkpoint: {error}") from error
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:

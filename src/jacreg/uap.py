@@ -7,7 +7,7 @@ One perturbation v shared by all inputs maximizes the clamped loss
 
 with sign steps v <- v + step * sign(grad_v) and projection onto the L-infinity ball. The clamp at
 beta keeps inputs that are already fooled from dominating the update. A targeted UAP instead
-minimizes CE towards ``target_class`` (v <- v - step * sign(grad_v)).
+minimizes the (unclamped) CE towards ``target_class`` (v <- v - step * sign(grad_v)).
 
 The perturbation is broadcast over the batch (shape (1, C, H, W)), so one step costs one forward
 and one backward pass.
@@ -46,9 +46,12 @@ def sgd_uap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     try:
         for _ in tqdm(range(epochs), desc=f"sgd-uap eps={eps:g}", disable=not progress):
             order = torch.randperm(len(x), generator=generator)
+            order_x, order_y = order.to(x.device), order.to(y.device)
             for b in range(n_batches):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+                batch = slice(b * batch_size, (b + 1) * batch_size)
+                # the same copy as x[idx], several times faster on the CPU
+                xb = x.index_select(0, order_x[batch]).to(device, non_blocking=True)
+                yb = y.index_select(0, order_y[batch]).to(device, non_blocking=True)
                 v.requires_grad_(True)
                 logits = model((xb + v).clamp(0.0, 1.0))
                 if target_class is None:
@@ -56,7 +59,8 @@ def sgd_uap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                     direction = 1.0
                 else:
                     target = torch.full_like(yb, int(target_class))
-                    loss = F.cross_entropy(logits, target, reduction="none").clamp(max=beta).mean()
+                    # no clamp: inputs already at the target have a small loss and gradient
+                    loss = F.cross_entropy(logits, target)
                     direction = -1.0
                 (grad,) = torch.autograd.grad(loss, v)
                 with torch.no_grad():
