@@ -8,6 +8,8 @@ FIGURES = [
     "uap_images",
     "shared_metric_heatmap",
     "metric_vs_evasion",
+    "uap_vs_pgd",
+    "uap_transfer",
 ]
 
 

@@ -128,7 +128,7 @@ def test_train_settings_apply_per_dataset_overrides():
     config = _load("config.yaml")
     cifar = train_settings(config, "cifar10")
     assert cifar["architecture"] == "resnet18"
-    assert cifar["optimizer"] == "sgd" and cifar["lr"] == 0.05 and cifar["epochs"] == 30
+    assert cifar["epochs"] == 30 and cifar["optimizer"] == "adam"  # overrides and the base
     assert cifar["schedule"] == "cosine" and cifar["augment"] is True
     assert cifar["n_proj"] == 1 and cifar["batch_size"] == 128  # inherited from train
     assert "overrides" not in cifar

@@ -10,6 +10,7 @@ from torch import nn
 
 from jacreg.metrics import (
     accuracy,
+    aggregate_transfer,
     evaluate_claims,
     evasion_curve_table,
     mean_std,
@@ -136,6 +137,81 @@ def _rows(dataset: str = "mnist5k") -> list[dict]:
 
 def _by_id(claims: list[dict], dataset: str = "mnist5k") -> dict[str, dict]:
     return {c["id"]: c for c in claims if c["dataset"] == dataset}
+
+
+def _rows_with_strong_lambda() -> list[dict]:
+    """_rows() plus lambda = 1: more robust (seed gains 8 and 6 at eps 0.1) but 6 points less
+    accurate, so the accuracy-preserving lambda (drop <= 0.02) is 0.5, not the C1 lambda."""
+    evasion = {(0, 0.1): 0.05, (1, 0.1): 0.1, (0, 0.3): 0.2, (1, 0.3): 0.3}
+    acc = {0: 0.90, 1: 0.92}
+    extra = [dict(r, **{"lambda": 1.0, "uap_evasion_rate": evasion[(r["seed"], r["eps"])],
+                        "clean_accuracy": acc[r["seed"]]})
+             for r in _rows() if r["lambda"] == 0.0]
+    return _rows() + extra
+
+
+def test_evaluate_claims_seed_spread_and_accuracy_preserving_lambda():
+    c = _by_id(evaluate_claims(_rows_with_strong_lambda(), THRESHOLDS,
+                               test_sizes={"mnist5k": 1000}))
+    # C1 from seed means: lambda 1 at eps 0.1, 0.5 / 0.075
+    assert c["C1"]["value"] == pytest.approx(0.5 / 0.075)
+    assert (c["C1"]["detail"]["lambda"], c["C1"]["detail"]["eps"]) == (1.0, 0.1)
+    # per seed at (1.0, 0.1): 0.4 / 0.05 = 8 and 0.6 / 0.1 = 6
+    per_seed = c["C1"]["detail"]["per_seed"]
+    assert per_seed["values"] == pytest.approx({"0": 8.0, "1": 6.0})
+    assert per_seed["mean"] == pytest.approx(7.0)
+    assert per_seed["std"] == pytest.approx(math.sqrt(2.0))
+    # C2 at lambda 1: drops 0.98 - 0.90 and 0.96 - 0.92
+    assert c["C2"]["value"] == pytest.approx(0.06)
+    assert c["C2"]["holds"] is False
+    drops = c["C2"]["detail"]["per_seed"]
+    assert drops["values"] == pytest.approx({"0": 0.08, "1": 0.04})
+    assert drops["mean"] == pytest.approx(0.06)
+    assert drops["std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert c["C2"]["detail"]["accuracy_drop_std_per_lambda"] == pytest.approx(
+        {"0": 0.0, "0.5": 0.04 / math.sqrt(2), "1": 0.04 / math.sqrt(2)})
+    # the largest lambda with mean drop <= 0.02 is 0.5 (drop 0.01), not lambda 1 (0.06)
+    kept = c["C1"]["detail"]["gain_at_accuracy_preserving_lambda"]
+    assert kept["lambda"] == 0.5
+    assert kept["accuracy_drop"] == pytest.approx(0.01)
+    assert kept["per_eps"] == pytest.approx({"0.1": 4.0, "0.3": 0.85 / 0.35})
+    # the claim dicts keep their contract keys
+    for claim in c.values():
+        assert {"id", "dataset", "value", "threshold", "holds"} <= set(claim)
+
+
+def test_accuracy_preserving_lambda_is_none_when_every_lambda_costs_too_much():
+    strict = dict(THRESHOLDS, max_accuracy_drop=0.005)
+    kept = _by_id(evaluate_claims(_rows_with_strong_lambda(), strict))["C1"]["detail"][
+        "gain_at_accuracy_preserving_lambda"]
+    assert kept["lambda"] is None and kept["per_eps"] == {} and kept["accuracy_drop"] is None
+    loose = dict(THRESHOLDS, max_accuracy_drop=0.1)
+    kept = _by_id(evaluate_claims(_rows_with_strong_lambda(), loose))["C1"]["detail"][
+        "gain_at_accuracy_preserving_lambda"]
+    assert kept["lambda"] == 1.0
+    assert kept["per_eps"] == pytest.approx({"0.1": 0.5 / 0.075, "0.3": 0.85 / 0.25})
+
+
+def test_aggregate_transfer_mean_and_std_over_seeds():
+    records = [
+        {"dataset": "d", "seed": 1, "eps": 0.3, "lambdas": [0.0, 1.0],
+         "matrix": [[0.8, 0.3], [0.6, 0.2]]},
+        {"dataset": "d", "seed": 0, "eps": 0.3, "lambdas": [0.0, 1.0],
+         "matrix": [[0.6, 0.1], [0.4, 0.2]]},
+        {"dataset": "e", "seed": 0, "eps": 0.1, "lambdas": [0.0], "matrix": [[0.5]]},
+    ]
+    out = aggregate_transfer(records)
+    assert sorted(out) == ["d", "e"]
+    d = out["d"]
+    assert d["seeds"] == [0, 1] and d["lambdas"] == [0.0, 1.0] and d["eps"] == 0.3
+    assert d["matrix_mean"] == [pytest.approx([0.7, 0.2]), pytest.approx([0.5, 0.2])]
+    s = 0.2 / math.sqrt(2)
+    assert d["matrix_std"] == [pytest.approx([s, s]), pytest.approx([s, 0.0])]
+    assert d["per_seed"] == {"0": [[0.6, 0.1], [0.4, 0.2]], "1": [[0.8, 0.3], [0.6, 0.2]]}
+    assert out["e"]["matrix_mean"] == [[0.5]] and out["e"]["matrix_std"] == [[0.0]]
+    assert aggregate_transfer([]) == {}
+    with pytest.raises(ValueError, match="disagree"):
+        aggregate_transfer([records[0], dict(records[1], eps=0.2)])
 
 
 def test_evaluate_claims_values_by_hand():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,13 @@ import matplotlib.image as mpimg  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from jacreg.report import FIGURES, _correlations, _read_benchmarks, render_report  # noqa: E402
+from jacreg.report import (  # noqa: E402
+    FIGURES,
+    _correlations,
+    _read_benchmarks,
+    paper_differences,
+    render_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LAMBDAS = [0.0, 0.5]
@@ -40,21 +47,52 @@ def _row(lam: float, seed: int, eps: float) -> dict[str, Any]:
         "uap_l2_norm": v_norm, "linearized_logit_change": jac * v_norm,
         "spectral_bound": jac * 3 * v_norm, "frobenius_bound": jac * 5 * v_norm,
         "actual_logit_change": jac * v_norm * 0.9,
+        "pgd_evasion_rate": min(1.0, 2 * eps + 0.1 * seed + 0.05 * lam),
+        "uap_evasion_rate_pgd_inputs": evasion, "pgd_n_inputs": 50, "pgd_steps": 20,
+        "n_test": 1000,
         "checkpoint": f"models/lam{lam}_seed{seed}.pt", "uap": f"uaps/lam{lam}_seed{seed}.pt",
     }
 
 
 CLAIMS = [
     {"id": "C1", "dataset": "mnist5k", "statement": "Jacobian regularization lowers UAP evasion",
-     "value": 0.123456, "threshold": 0.0, "holds": True, "detail": {"lambda": 0.5, "eps": 0.3}},
+     "value": 0.123456, "threshold": 0.0, "holds": True,
+     "detail": {"lambda": 0.5, "eps": 0.3, "evasion_floor": 0.001,
+                "gains": {"lambda=0.5,eps=0.1": 1.5, "lambda=0.5,eps=0.3": 0.123456},
+                "per_seed": {"values": {"0": 0.1, "1": 0.15}, "mean": 0.125, "std": 0.0354},
+                "gain_at_accuracy_preserving_lambda": {
+                    "lambda": 0.5, "accuracy_drop": 0.04, "max_accuracy_drop": 0.05,
+                    "per_eps": {"0.1": 1.5, "0.3": 0.123456}}}},
     {"id": "C2", "dataset": "mnist5k", "statement": "Clean accuracy is kept <within 2%>",
-     "value": 0.04, "threshold": 0.02, "holds": False, "detail": {}},
+     "value": 0.04, "threshold": 0.02, "holds": False,
+     "detail": {"lambda": 0.5, "accuracy_drop_per_lambda": {"0": 0.0, "0.5": 0.04},
+                "accuracy_drop_std_per_lambda": {"0": 0.0, "0.5": 0.0141},
+                "per_seed": {"values": {"0": 0.05, "1": 0.03}, "mean": 0.04,
+                             "std": 0.0141}}},
     {"id": "C3", "dataset": "mnist5k", "statement": "Bounds hold side by side", "value": None,
      "threshold": 0.0, "holds": True,
      "detail": {"measure": "spectral", "bound_violations": 0}},
     {"id": "C4", "dataset": "mnist5k", "statement": "Metric tracks evasion", "value": 0.8,
      "threshold": 0.5, "holds": False, "detail": {"measure": "shared_metric", "spearman": 0.8}},
 ]
+
+
+CONFIG = {
+    "run_name": "quick", "datasets": ["mnist5k"], "seeds": SEEDS, "lambdas": LAMBDAS,
+    "epsilons": {"mnist5k": EPS},
+    "train": {"architecture": "cnn_small", "epochs": 3, "batch_size": 64, "optimizer": "adam",
+              "lr": 0.001, "n_proj": 1, "device": "auto"},
+    "attack": {"n_images": 4000, "epochs": 5, "batch_size": 128, "beta": 12.0,
+               "step_fraction": 0.8, "target_class": None, "device": "auto"},
+    "analysis": {"n_inputs": 200, "n_pairs": 500, "pairs_per_class_pair": 10, "batch_size": 250,
+                 "device": "auto", "pgd_inputs": 50, "pgd_steps": 20,
+                 "claims": {"min_robustness_gain": 4.0, "max_accuracy_drop": 0.05,
+                            "min_correlation": 0.5}},
+}
+TRANSFER = {"mnist5k": {
+    "eps": 0.3, "lambdas": LAMBDAS, "seeds": SEEDS,
+    "matrix_mean": [[0.6, 0.2], [0.5, 0.3]], "matrix_std": [[0.05, 0.01], [0.02, 0.03]],
+    "per_seed": {"0": [[0.55, 0.19], [0.48, 0.27]], "1": [[0.65, 0.21], [0.52, 0.33]]}}}
 
 
 @pytest.fixture()
@@ -64,9 +102,7 @@ def run(tmp_path: Path) -> dict[str, Any]:
         "run": RUN_NAME, "git_commit": "abc123", "config_sha256": "f" * 64,
         "environment": {"python": "3.11", "torch": "2.x", "threads": "4",
                         "interop_threads": "2"},
-        "config": {"seeds": SEEDS, "lambdas": LAMBDAS, "epsilons": EPS,
-                   "train": {"epochs": 1}, "attack": {}, "analysis": {}},
-        "rows": rows, "claims": CLAIMS,
+        "config": CONFIG, "rows": rows, "claims": CLAIMS, "transfer": TRANSFER,
     }
     metrics_path = tmp_path / "metrics.json"
     metrics_path.write_text(json.dumps(metrics))
@@ -118,7 +154,8 @@ def _render(run: dict[str, Any]) -> tuple[list[Path], str]:
 def test_figures_are_valid_pngs(run: dict[str, Any]) -> None:
     written, _ = _render(run)
     expected = [name for name, _, _ in FIGURES]
-    assert len(expected) == 7
+    assert len(expected) == 9
+    assert {"uap_vs_pgd.png", "uap_transfer.png"} <= set(expected)
     assert [p.name for p in written] == expected
     for path in written:
         assert path.parent == run["figs"]
@@ -130,10 +167,11 @@ def test_figures_are_valid_pngs(run: dict[str, Any]) -> None:
 
 def test_html_embeds_every_figure_and_no_external_resources(run: dict[str, Any]) -> None:
     _, page = _render(run)
-    assert page.count('<img src="data:image/png;base64,') == 7
+    assert page.count('<img src="data:image/png;base64,') == 9
     assert "<script" not in page
     assert not re.search(r"(src|href)=\"https?:", page)
-    for heading in ("Claims", "Results", "Provenance", "Method notes"):
+    for heading in ("Claims", "Results", "Differences from the paper", "Provenance",
+                    "Method notes"):
         assert f"<h2>{heading}</h2>" in page
     order = [page.index(f"<h2>{h}</h2>") for h in ("Claims", "Results", "Provenance")]
     assert order == sorted(order)
@@ -213,3 +251,94 @@ def test_rgb_uaps_and_missing_evals(run: dict[str, Any]) -> None:
     assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in written)
     page = Path(run["html"]).read_text(encoding="utf-8")
     assert re.search(r"<tr><td>total</td><td>0</td><td>0\.0", page)
+
+
+def test_results_table_pgd_columns(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    results = page[page.index("<h2>Results</h2>"):page.index("<h2>Figures</h2>")]
+    assert "PGD evasion ε=0.1 (first 50)" in results
+    assert "PGD evasion ε=0.3 (first 50)" in results
+    # lambda=0, eps=0.3: PGD 0.6 and 0.7; lambda=0.5, eps=0.1: 0.225 and 0.325
+    assert "0.650 ± 0.071" in results
+    assert "0.275 ± 0.071" in results
+    header = re.search(r"<tr><th>.*?</tr>", results).group(0)
+    assert header.index("UAP evasion ε=0.3") < header.index("PGD evasion ε=0.1") < header.index(
+        "random evasion")
+
+
+def test_claims_show_seed_spread_and_accuracy_preserving_lambda(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    claims = page[page.index("<h2>Claims</h2>"):page.index("<h2>Results</h2>")]
+    c1 = re.search(r"<tr><td>C1</td>.*?</tr>", claims).group(0)
+    assert "0.125 ± 0.035 (2 seeds)" in c1
+    c2 = re.search(r"<tr><td>C2</td>.*?</tr>", claims).group(0)
+    assert "0.04 ± 0.014 (2 seeds)" in c2
+    assert re.search(r"<tr><td>C3</td>(<td>[^<]*</td>){3}<td>–</td>", claims)  # no seed spread
+    assert "C1 at the accuracy-preserving λ" in claims
+    assert "is λ = 0.5 (drop 0.04)" in claims and "ε=0.1: 1.50×, ε=0.3: 0.12×" in claims
+    # the gains table: accuracy drop mean ± std, UAP gains per eps, PGD gains per eps
+    # (PGD means at eps 0.1: lambda 0 -> 0.25, lambda 0.5 -> 0.275: gain 0.909;
+    #  at eps 0.3: 0.65 and 0.675: gain 0.963)
+    row = re.search(r"<tr><td>0.5</td>.*?</tr>", claims).group(0)
+    assert ("<td>0.040 ± 0.014</td><td>1.5</td><td>0.123</td><td>0.909</td><td>0.963</td>"
+            "<td>C1 (max gain), accuracy-preserving</td>") in row
+    assert "PGD gain ε=0.1" in claims and "PGD gain ε=0.3" in claims
+
+
+def test_differences_from_the_paper_follow_the_config(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    section = page[page.index("<h2>Differences from the paper</h2>"):
+                   page.index("<h2>Provenance</h2>")]
+    rows = json.loads(Path(run["metrics"]).read_text())["rows"]
+    table = {r[0]: r for r in paper_differences(CONFIG, rows)}
+    for setting in ("data splits (mnist5k)", "architecture (mnist5k)", "training (mnist5k)",
+                    "λ grid", "ε grid (mnist5k, L∞, inputs in [0, 1])",
+                    "SGD-UAP (Shafahi et al., 2020)", "analysis set",
+                    "shared-perturbation metric", "claim thresholds",
+                    "PGD contrast (Madry et al., 2018)", "UAP transfer matrix"):
+        assert setting in table, setting
+        assert all(table[setting]), setting
+        assert html_escape(table[setting][1]) in section, setting
+    assert table["λ grid"][1] == "{0, 0.5}"
+    assert table["ε grid (mnist5k, L∞, inputs in [0, 1])"][1] == "{0.1, 0.3}"
+    assert "conv16-5" in table["architecture (mnist5k)"][1]
+    assert "3 epochs, adam lr 0.001" in table["training (mnist5k)"][1]
+    assert "from 1 random projection(s) per sample" in table["training (mnist5k)"][1]
+    assert "5 epochs over 4,000 attack-split images" in table["SGD-UAP (Shafahi et al., 2020)"][1]
+    assert "β = 12, sign step 0.8·ε, untargeted" in table["SGD-UAP (Shafahi et al., 2020)"][1]
+    assert "first 50 test inputs, 20 steps of 2.5·ε/20" in table[
+        "PGD contrast (Madry et al., 2018)"][1]
+    assert "C2 accuracy drop ≤ 0.05" in table["claim thresholds"][1]
+    assert "4,000 train / 1,000 test" in table["data splits (mnist5k)"][1]
+    assert "quick profile only" in table["data splits (mnist5k)"][2]
+    assert "our derivation" in table["shared-perturbation metric"][2]
+    # generated, not fixed text: another config gives other entries
+    other = json.loads(json.dumps(CONFIG))
+    other["datasets"] = ["cifar10"]
+    other["epsilons"] = {"cifar10": [4 / 255, 8 / 255]}
+    other["attack"]["beta"] = 6.0
+    other["analysis"]["pgd_inputs"] = 0
+    other["train"]["overrides"] = {"cifar10": {"architecture": "resnet18", "augment": True,
+                                               "n_proj": -1}}
+    changed = {r[0]: r for r in paper_differences(other, [])}
+    assert changed["ε grid (cifar10, L∞, inputs in [0, 1])"][1] == "{4/255, 8/255}"
+    assert "β = 6" in changed["SGD-UAP (Shafahi et al., 2020)"][1]
+    assert "not run" in changed["PGD contrast (Madry et al., 2018)"][1]
+    assert "ResNet-18" in changed["architecture (cifar10)"][1]
+    assert "crop + flip" in changed["training (cifar10)"][1]
+    assert "Jacobian penalty exact" in changed["training (cifar10)"][1]
+    assert "10,000 held-out" in changed["data splits (cifar10)"][1]
+    assert "data splits (mnist5k)" not in changed
+
+
+def test_run_without_pgd_or_transfer_still_renders(run: dict[str, Any]) -> None:
+    metrics = json.loads(Path(run["metrics"]).read_text())
+    del metrics["transfer"]
+    for row in metrics["rows"]:
+        for key in ("pgd_evasion_rate", "uap_evasion_rate_pgd_inputs", "pgd_n_inputs"):
+            row.pop(key)
+    Path(run["metrics"]).write_text(json.dumps(metrics))
+    written, page = _render(run)
+    assert len(written) == 9
+    assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in written)
+    assert "PGD evasion" not in page[page.index("<h2>Results</h2>"):]

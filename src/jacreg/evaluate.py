@@ -12,13 +12,17 @@ For one trained model and its UAPs (one per eps) this computes, in one pass of e
 
   plus the cosine between the UAP and the top right singular vector of J_X;
 - the shared-perturbation metric s_ij over ``analysis.n_pairs`` random pairs, with the
-  singular-vector cosine, and its K x K class-pair matrix.
+  singular-vector cosine, and its K x K class-pair matrix;
+- the per-input contrast: the PGD evasion rate per eps (L-infinity, ``analysis.pgd_steps``
+  steps of 2.5 eps / steps from a seeded random start; :mod:`jacreg.pgd`) over the first
+  ``analysis.pgd_inputs`` test inputs, beside the UAP evasion rate on the same inputs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +46,13 @@ from jacreg.metrics import (
     uap_fooling_rate,
 )
 from jacreg.models import load_checkpoint
+from jacreg.pgd import pgd_attack
 
 log = logging.getLogger(__name__)
+
+PGD_INPUTS_DEFAULT = 1000
+PGD_STEPS_DEFAULT = 20
+PGD_SEED_OFFSET = 9_000_011  # the random start's seed: model seed + this offset
 
 
 @torch.inference_mode()
@@ -90,6 +99,10 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
     log.info("jacobian_frobenius=%.4f stacked_spectral=%.4f shared_metric=%.4f",
              float(stats.frobenius.mean()), stats.stacked_spectral, float(scores.mean()))
 
+    n_pgd = min(int(settings.get("pgd_inputs", PGD_INPUTS_DEFAULT)), len(x_test))
+    pgd_steps = int(settings.get("pgd_steps", PGD_STEPS_DEFAULT))
+    x_pgd, y_pgd = x_test[:n_pgd], y_test[:n_pgd]
+
     rows = []
     noise_gen = torch.Generator().manual_seed(seed + 7_000_001)
     for eps, v in zip(eps_list, uaps, strict=True):
@@ -99,6 +112,15 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
         v_norm = float(v.double().norm())
         top_cos = float((v.reshape(-1).double() @ stats.stacked_top_vector.double()).abs()
                         / max(v_norm, 1e-30))
+        pgd_rate = None
+        if n_pgd > 0:
+            started = time.perf_counter()
+            x_adv = pgd_attack(model, x_pgd, y_pgd, eps, steps=pgd_steps,
+                               seed=seed + PGD_SEED_OFFSET, batch_size=batch)
+            pgd_rate = uap_evasion_rate(predict(model, x_adv, batch_size=batch), y_pgd)
+            log.info("eps=%g pgd_evasion=%.4f n=%d steps=%d linf=%.4f seconds=%.2f", eps,
+                     pgd_rate, n_pgd, pgd_steps, float((x_adv - x_pgd).abs().max()),
+                     time.perf_counter() - started)
         row = {
             "dataset": dataset, "lambda": float(lam), "seed": int(seed), "eps": float(eps),
             "clean_accuracy": clean_acc, "clean_error": 1.0 - clean_acc,
@@ -118,6 +140,11 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
             "spectral_bound": stats.stacked_spectral * v_norm,
             "frobenius_bound": stats.stacked_frobenius * v_norm,
             "actual_logit_change": _stacked_logit_change(model, x_an, v, batch),
+            "pgd_evasion_rate": pgd_rate,
+            "uap_evasion_rate_pgd_inputs": (uap_evasion_rate(adv_pred[:n_pgd], y_pgd)
+                                            if n_pgd > 0 else None),
+            "pgd_n_inputs": n_pgd, "pgd_steps": pgd_steps,
+            "pgd_step_size": 2.5 * float(eps) / max(pgd_steps, 1),
             "train_threads": int(model.checkpoint_meta.get("threads", 0)),
             "eval_threads": torch.get_num_threads(),
             "n_test": len(y_test), "n_analysis": len(x_an), "n_pairs": len(pairs),

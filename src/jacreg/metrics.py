@@ -9,13 +9,19 @@ Rates over a labelled set with perturbation v applied as clip(x + v, 0, 1):
 Claims (DESIGN §1), per dataset, from seed-averaged rows:
 
 - C1 robustness gain = evasion(lambda=0, eps) / evasion(lambda, eps), maximized over lambda > 0
-  and eps ("up to four times");
+  and eps ("up to four times"); beside it, the same gain per seed at (lambda*, eps*) (the
+  lambda=0 and lambda* models of one seed), as mean +- std over seeds, and the gain per eps at
+  the accuracy-preserving lambda: the largest lambda whose mean clean-accuracy drop is at most
+  ``max_accuracy_drop``;
 - C2 clean-accuracy drop acc(0) - acc(lambda*) at the lambda* of C1 ("maintaining clean
-  performance");
+  performance"), also per seed as mean +- std;
 - C3 Spearman correlation across models of ||J_X||_2 with the UAP evasion rate at the largest
   eps, and no violation of ||J_X v|| <= ||J_X||_2 ||v||_2 <= ||J_X||_F ||v||_2;
 - C4 Pearson correlation across models of the shared-perturbation metric with the UAP evasion
   rate at the largest eps ("highly correlated").
+
+The UAP transfer matrices (one per dataset and seed, :mod:`jacreg.transfer`) are averaged over
+seeds by :func:`aggregate_transfer`.
 """
 
 from __future__ import annotations
@@ -112,8 +118,24 @@ def seed_summary(rows: list[dict[str, Any]], key: str) -> dict[SummaryKey, tuple
     return {k: mean_std(v) for k, v in groups.items()}
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _per_seed(rows: list[dict[str, Any]]) -> dict[int, dict[tuple[float, float], dict]]:
+    """seed -> (lambda, eps) -> row, for one dataset's rows."""
+    out: dict[int, dict[tuple[float, float], dict]] = defaultdict(dict)
+    for row in rows:
+        out[int(row["seed"])][(row["lambda"], row["eps"])] = row
+    return dict(sorted(out.items()))
+
+
+def _drop_std(per_seed: dict[int, dict[tuple[float, float], dict]], lam: float,
+              eps: float) -> float | None:
+    """Std over seeds of acc_s(0) - acc_s(lam) (the same seed's two models)."""
+    drops = [cells[(0.0, eps)]["clean_accuracy"] - cells[(lam, eps)]["clean_accuracy"]
+             for cells in per_seed.values() if (0.0, eps) in cells and (lam, eps) in cells]
+    return mean_std(drops)[1] if drops else None
 
 
 def evaluate_claims(rows: list[dict[str, Any]], thresholds: dict[str, float],
@@ -139,24 +161,56 @@ def evaluate_claims(rows: list[dict[str, Any]], thresholds: dict[str, float],
                     if best[1] is None or gain > best[0]:
                         best = (gain, lam, eps)
         gain, lam_star, eps_star = best
+        per_seed = _per_seed(drows)
+        seed_gains: dict[str, float] = {}
+        seed_drops: dict[str, float] = {}
+        if lam_star is not None:
+            for seed, cells in per_seed.items():
+                if (0.0, eps_star) in cells and (lam_star, eps_star) in cells:
+                    base_row, reg_row = cells[(0.0, eps_star)], cells[(lam_star, eps_star)]
+                    seed_gains[str(seed)] = (base_row["uap_evasion_rate"]
+                                             / max(reg_row["uap_evasion_rate"], floor))
+                    seed_drops[str(seed)] = (base_row["clean_accuracy"]
+                                             - reg_row["clean_accuracy"])
+        drops = ({lam: acc[(dataset, 0.0, epsilons[0])][0] - acc[(dataset, lam, epsilons[0])][0]
+                  for lam in lambdas} if base == 0.0 else {})
+        drop_std = ({lam: _drop_std(per_seed, lam, epsilons[0]) for lam in lambdas}
+                    if base == 0.0 else {})
+        preserving = [lam for lam in lambdas[1:] if base == 0.0
+                      and drops[lam] <= thresholds["max_accuracy_drop"]]
+        lam_keep = preserving[-1] if preserving else None
+        kept = {"lambda": lam_keep,
+                "accuracy_drop": None if lam_keep is None else drops[lam_keep],
+                "max_accuracy_drop": thresholds["max_accuracy_drop"],
+                "per_eps": ({} if lam_keep is None else
+                            {f"{eps:g}": evasion[(dataset, 0.0, eps)][0]
+                             / max(evasion[(dataset, lam_keep, eps)][0], floor)
+                             for eps in epsilons})}
+        gain_mean, gain_std = mean_std(seed_gains.values()) if seed_gains else (None, None)
         claims.append({
             "id": "C1", "dataset": dataset,
             "statement": "Jacobian regularization increases robustness to UAPs by up to 4x",
             "value": _finite(gain), "threshold": thresholds["min_robustness_gain"],
             "holds": bool(lam_star is not None and gain >= thresholds["min_robustness_gain"]),
             "detail": {"lambda": lam_star, "eps": eps_star, "gains": gains,
-                       "evasion_floor": floor},
+                       "evasion_floor": floor,
+                       "per_seed": {"values": seed_gains, "mean": _finite(gain_mean),
+                                    "std": _finite(gain_std)},
+                       "gain_at_accuracy_preserving_lambda": kept},
         })
-        drops = ({lam: acc[(dataset, 0.0, epsilons[0])][0] - acc[(dataset, lam, epsilons[0])][0]
-                  for lam in lambdas} if base == 0.0 else {})
         drop = float("nan") if lam_star is None else drops[lam_star]
+        drop_mean, drop_sd = mean_std(seed_drops.values()) if seed_drops else (None, None)
         claims.append({
             "id": "C2", "dataset": dataset,
             "statement": "whilst maintaining clean performance (accuracy drop at the lambda of C1)",
             "value": _finite(drop), "threshold": thresholds["max_accuracy_drop"],
             "holds": bool(lam_star is not None and drop <= thresholds["max_accuracy_drop"]),
             "detail": {"lambda": lam_star,
-                       "accuracy_drop_per_lambda": {f"{k:g}": v for k, v in drops.items()}},
+                       "accuracy_drop_per_lambda": {f"{k:g}": v for k, v in drops.items()},
+                       "accuracy_drop_std_per_lambda": {f"{k:g}": v
+                                                        for k, v in drop_std.items()},
+                       "per_seed": {"values": seed_drops, "mean": _finite(drop_mean),
+                                    "std": _finite(drop_sd)}},
         })
         top = [r for r in drows if r["eps"] == epsilons[-1]]
         evasions = [r["uap_evasion_rate"] for r in top]
@@ -202,3 +256,31 @@ def evasion_curve_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
          "clean_accuracy_mean": accuracy_[key][0]}
         for key, (mean, std) in sorted(evasion.items())
     ]
+
+
+def aggregate_transfer(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dataset: the transfer matrices of all seeds and their mean and std over seeds.
+
+    Each record is one (dataset, seed) output of :func:`jacreg.transfer.compute_transfer`;
+    records of one dataset must share the lambda list and the eps.
+    """
+    out: dict[str, Any] = {}
+    for dataset in sorted({r["dataset"] for r in records}):
+        recs = sorted((r for r in records if r["dataset"] == dataset), key=lambda r: r["seed"])
+        lambdas, eps = recs[0]["lambdas"], recs[0]["eps"]
+        for r in recs[1:]:
+            if r["lambdas"] != lambdas or not math.isclose(r["eps"], eps, rel_tol=1e-9):
+                raise ValueError(f"transfer records of {dataset} disagree on lambdas or eps: "
+                                 f"seed {r['seed']} has {r['lambdas']}, eps={r['eps']}")
+        n = len(lambdas)
+        stats = [[mean_std([r["matrix"][a][b] for r in recs]) for b in range(n)]
+                 for a in range(n)]
+        out[dataset] = {
+            "eps": eps, "lambdas": lambdas, "seeds": [int(r["seed"]) for r in recs],
+            "rows": "source: the lambda the UAP was crafted on",
+            "columns": "target: the lambda of the model it is applied to",
+            "matrix_mean": [[m for m, _ in line] for line in stats],
+            "matrix_std": [[s for _, s in line] for line in stats],
+            "per_seed": {str(r["seed"]): r["matrix"] for r in recs},
+        }
+    return out

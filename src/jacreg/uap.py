@@ -10,7 +10,7 @@ beta keeps inputs that are already fooled from dominating the update. A targeted
 minimizes the (unclamped) CE towards ``target_class`` (v <- v - step * sign(grad_v)).
 
 The perturbation is broadcast over the batch (shape (1, C, H, W)), so one step costs one forward
-and one backward pass.
+and one backward pass (to the input only: the weights are frozen).
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+
+def take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` for a 1-D index on t's device: ``index_select`` on the CPU (the same copy,
+    two to five times faster there), plain indexing elsewhere (slightly faster on CUDA)."""
+    return t.index_select(0, idx) if t.device.type == "cpu" else t[idx]
 
 
 def sgd_uap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -49,9 +55,8 @@ def sgd_uap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
             order_x, order_y = order.to(x.device), order.to(y.device)
             for b in range(n_batches):
                 batch = slice(b * batch_size, (b + 1) * batch_size)
-                # the same copy as x[idx], several times faster on the CPU
-                xb = x.index_select(0, order_x[batch]).to(device, non_blocking=True)
-                yb = y.index_select(0, order_y[batch]).to(device, non_blocking=True)
+                xb = take_rows(x, order_x[batch]).to(device, non_blocking=True)
+                yb = take_rows(y, order_y[batch]).to(device, non_blocking=True)
                 v.requires_grad_(True)
                 logits = model((xb + v).clamp(0.0, 1.0))
                 if target_class is None:
@@ -63,8 +68,8 @@ def sgd_uap(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                     loss = F.cross_entropy(logits, target)
                     direction = -1.0
                 (grad,) = torch.autograd.grad(loss, v)
-                with torch.no_grad():
-                    v = (v + direction * step * grad.sign()).clamp(-eps, eps)
+                with torch.no_grad():  # v + direction * step * sign(grad), in place: same bits
+                    v = v.detach().add_(grad.sign_(), alpha=direction * step).clamp_(-eps, eps)
     finally:
         for p in params:
             p.requires_grad_(True)
