@@ -14,6 +14,7 @@ from jacreg.jacobian import (
     JACOBIAN_METHOD,
     JACOBIAN_METHODS,
     class_pair_matrix,
+    class_pair_samples,
     jacobian_statistics,
     pairwise_shared_metric,
     per_sample_jacobians,
@@ -76,22 +77,9 @@ def reference_class_matrix(jac: torch.Tensor, ref: dict[str, torch.Tensor],
                            generator: torch.Generator) -> torch.Tensor:
     """The class-pair matrix with the same pair draws as jacreg's, scored by reference_pairs."""
     matrix = torch.full((CLASSES, CLASSES), float("nan"), dtype=torch.float64)
-    members = [torch.nonzero(labels == c).flatten() for c in range(CLASSES)]
-    for a in range(CLASSES):
-        for b in range(a, CLASSES):
-            ia, ib = members[a], members[b]
-            if len(ia) == 0 or len(ib) == 0 or (a == b and len(ia) < 2):
-                continue
-            if a == b:
-                local = sample_pairs(len(ia), per_cell, generator)
-                pairs = torch.stack([ia[local[:, 0]], ia[local[:, 1]]], dim=1)
-            else:
-                pairs = torch.stack([
-                    ia[torch.randint(0, len(ia), (per_cell,), generator=generator)],
-                    ib[torch.randint(0, len(ib), (per_cell,), generator=generator)],
-                ], dim=1)
-            scores, _ = reference_pairs(jac, ref, pairs)
-            matrix[a, b] = matrix[b, a] = scores.mean()
+    for (a, b), pairs in class_pair_samples(labels, CLASSES, per_cell, generator).items():
+        scores, _ = reference_pairs(jac, ref, pairs)
+        matrix[a, b] = matrix[b, a] = scores.mean()
     return matrix
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import REDUCED as WORKFLOW_REDUCED
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this environment: dvc, snakemake, python3
@@ -24,16 +25,7 @@ COPIED = [
     "Snakefile", "rules", "schemas", "src", "config.yaml", "configs", "dvc.yaml", ".dvcignore",
     ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
 ]
-REDUCED = {
-    "run_name": "quick",
-    "datasets": ["mnist5k"],
-    "lambdas": [0.0, 1.0],
-    "seeds": [0],
-    "epsilons": {"mnist5k": [0.2, 0.3]},
-    "train": {"architecture": "cnn_small", "epochs": 2, "batch_size": 64},
-    "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128},
-    "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4},
-}
+REDUCED = dict(WORKFLOW_REDUCED, run_name="quick")  # tests/test_workflow.py's config
 QUICK = ["--configfile", "configs/quick.yaml"]
 
 

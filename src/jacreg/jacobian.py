@@ -240,14 +240,13 @@ def pairwise_shared_metric(jacobians: torch.Tensor, stats: JacobianStatistics,
     return torch.cat(scores), torch.cat(cosines)
 
 
-def class_pair_matrix(jacobians: torch.Tensor, stats: JacobianStatistics, labels: torch.Tensor,
-                      num_classes: int, per_cell: int,
-                      generator: torch.Generator) -> torch.Tensor:
-    """K x K matrix: mean s_ij over ``per_cell`` random pairs with y_i = a, y_j = b.
+def class_pair_samples(labels: torch.Tensor, num_classes: int, per_cell: int,
+                       generator: torch.Generator) -> dict[tuple[int, int], torch.Tensor]:
+    """For each class pair a <= b, ``per_cell`` random index pairs (i, j) with y_i = a, y_j = b.
 
-    A cell without members (a class absent from the analysis set) is NaN.
+    Cells whose classes are absent from ``labels`` (or a == b with one member) are left out.
     """
-    matrix = torch.full((num_classes, num_classes), float("nan"))
+    cells: dict[tuple[int, int], torch.Tensor] = {}
     members = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     for a in range(num_classes):
         for b in range(a, num_classes):
@@ -256,14 +255,26 @@ def class_pair_matrix(jacobians: torch.Tensor, stats: JacobianStatistics, labels
                 continue
             if a == b:
                 local = sample_pairs(len(ia), per_cell, generator)
-                pairs = torch.stack([ia[local[:, 0]], ia[local[:, 1]]], dim=1)
+                cells[(a, b)] = torch.stack([ia[local[:, 0]], ia[local[:, 1]]], dim=1)
             else:
-                pairs = torch.stack([
+                cells[(a, b)] = torch.stack([
                     ia[torch.randint(0, len(ia), (per_cell,), generator=generator)],
                     ib[torch.randint(0, len(ib), (per_cell,), generator=generator)],
                 ], dim=1)
-            scores, _ = pairwise_shared_metric(jacobians, stats, pairs)
-            matrix[a, b] = matrix[b, a] = scores.mean()
+    return cells
+
+
+def class_pair_matrix(jacobians: torch.Tensor, stats: JacobianStatistics, labels: torch.Tensor,
+                      num_classes: int, per_cell: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """K x K matrix: mean s_ij over ``per_cell`` random pairs with y_i = a, y_j = b.
+
+    A cell without members (a class absent from the analysis set) is NaN.
+    """
+    matrix = torch.full((num_classes, num_classes), float("nan"))
+    for (a, b), pairs in class_pair_samples(labels, num_classes, per_cell, generator).items():
+        scores, _ = pairwise_shared_metric(jacobians, stats, pairs)
+        matrix[a, b] = matrix[b, a] = scores.mean()
     return matrix
 
 
