@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     log = runtime.setup_logging("train")
     threads = runtime.set_threads(args.threads)
     device = runtime.resolve_device(args.device)
-    runtime.configure_determinism(device)
+    runtime.configure_backends(device)
     runtime.seed_everything(args.seed)
     settings = _settings(args.settings)
     spec = get_spec(args.dataset)
@@ -87,7 +87,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     log = runtime.setup_logging("attack")
     runtime.set_threads(args.threads)
     device = runtime.resolve_device(args.device)
-    runtime.configure_determinism(device)
+    runtime.configure_backends(device)
     runtime.seed_everything(args.seed)
     settings = _settings(args.settings)
     eps_list = [float(e) for e in json.loads(args.eps)]
