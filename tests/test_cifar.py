@@ -1,10 +1,11 @@
 """End-to-end on CIFAR-10: the real Snakemake CLI downloads, trains ResNet-18s, attacks, analyses.
 
 A generated ``cifar-10-python.tar.gz`` (200 training and 100 test images in the real format) is
-served from 127.0.0.1; the run's config points ``data.mirror`` at it and gives its md5 in
-``data.checksums`` (the jobs run in subprocesses, so only the config can reach them). Everything
-else is the production path: the ``prepare_data`` rule and torchvision's CIFAR10 class, then
-training with crop + flip augmentation, SGD-UAP and the Jacobian analysis, on the CPU.
+served from 127.0.0.1; the run's config points ``data.sources.cifar10`` at it and gives the
+SHA-256 of the generated batches in ``data.digests.cifar10`` (the jobs run in subprocesses, so
+only the config can reach them). Everything else is the production path: the ``prepare_data``
+rule, the content check of the batches and torchvision's CIFAR10 class, then training with
+crop + flip augmentation, SGD-UAP and the Jacobian analysis, on the CPU.
 
 Training uses Adam at 1e-3 here, not the paper profile's SGD at 0.05: on these noise images a
 ResNet-18 with lambda = 0.5 diverges to NaN weights within one epoch at SGD 0.05 (and at 0.01),
@@ -37,14 +38,14 @@ def _optional_analysis() -> dict:
     return {"pgd_inputs": 0} if "pgd_inputs" in known else {}
 
 
-def reduced_config(mirror_url: str, checksums: dict[str, str]) -> dict:
+def reduced_config(source: str, digests: dict[str, str]) -> dict:
     return {
         "run_name": "cifar",
         "datasets": ["cifar10"],
         "lambdas": [0.0, 0.5],
         "seeds": [0],
         "epsilons": {"cifar10": [EPS]},
-        "data": {"mirror": mirror_url, "checksums": {"cifar10": checksums}},
+        "data": {"sources": {"cifar10": source}, "digests": {"cifar10": digests}},
         "train": {"device": "cpu", "overrides": {"cifar10": {
             "architecture": "resnet18", "epochs": 1, "batch_size": 32, "augment": True,
             "optimizer": "adam", "lr": 0.001, "schedule": "constant", "weight_decay": 0.0}}},
@@ -61,14 +62,16 @@ def test_cifar10_downloads_trains_attacks_and_is_analysed(tmp_path: Path) -> Non
     workdir = copy_workflow(tmp_path / "workflow")
     with serve(tmp_path / "mirror") as mirror:
         publish(fake, mirror.root)
-        config = reduced_config(mirror.url, fake.checksums)
+        config = reduced_config(mirror.url, fake.digests)
         (workdir / "cifar.yaml").write_text(yaml.safe_dump(config))
         snakemake(workdir, "--cores", "2", "--configfile", "cifar.yaml")
         assert any(path.endswith("cifar-10-python.tar.gz") for path in mirror.requests)
 
-    # downloaded, verified and converted once: 200 train = 160 fit + 40 held out for attacks
-    assert (workdir / "data/raw/cifar-10-python.tar.gz").read_bytes() == fake.files[
-        "cifar-10-python.tar.gz"]
+    # downloaded, verified and converted once: 200 train = 160 fit + 40 held out for attacks;
+    # the verified batches are in torchvision's layout, no staging folder is left
+    for name, data in fake.payloads.items():
+        assert (workdir / "data/raw/cifar-10-batches-py" / name).read_bytes() == data
+    assert not list((workdir / "data/raw").glob(".staging-*"))
     prepared = load_prepared(workdir / "data/prepared/cifar10.pt")
     assert_prepared_equals(prepared, fake)
     assert prepared["x_train"].shape == (160, 3, 32, 32)
@@ -101,10 +104,15 @@ def test_cifar10_downloads_trains_attacks_and_is_analysed(tmp_path: Path) -> Non
     # a later run needs neither the network nor the mirror: nothing to do
     proc = snakemake(workdir, "-n", "--cores", "1", "--configfile", "cifar.yaml")
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    # data.mirror says where the bytes come from, not what they are: changing it prepares and
-    # trains nothing again (only the aggregate, which records the config's SHA-256, reruns)
-    (workdir / "no_mirror.yaml").write_text(yaml.safe_dump(dict(config, data={"mirror": None})))
-    proc = snakemake(workdir, "-n", "--cores", "1", "--configfile", "no_mirror.yaml")
-    planned = {line.split()[0] for line in proc.stdout.splitlines()
-               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert not planned & {"prepare_data", "train", "attack", "evaluate"}, proc.stdout
+    # data.sources / data.digests say where the bytes come from and how to verify them, not
+    # what they are: changing them prepares and trains nothing again (only the aggregate, which
+    # records the config's SHA-256, reruns). A local source that does not exist is not even
+    # looked at once the dataset is prepared.
+    for label, data in [("default", {"sources": {"cifar10": None}}),
+                        ("moved", {"sources": {"cifar10": str(tmp_path / "no-such-copy")},
+                                   "digests": {}})]:
+        (workdir / f"{label}.yaml").write_text(yaml.safe_dump(dict(config, data=data)))
+        proc = snakemake(workdir, "-n", "--cores", "1", "--configfile", f"{label}.yaml")
+        planned = {line.split()[0] for line in proc.stdout.splitlines()
+                   if len(line.split()) == 2 and line.split()[1].isdigit()}
+        assert not planned & {"prepare_data", "train", "attack", "evaluate"}, proc.stdout

@@ -95,6 +95,11 @@ CASES = [
     (("analysis", "claims", "min_correlation"), 2, ["'analysis.claims.min_correlation'",
                                                      "maximum of 1"]),
     (("run_name",), "a/b", ["'run_name'", "'a/b'", "A-Za-z0-9"]),
+    (("data", "sources", "mnist5k"), "/data", ["'data.sources'", "['mnist5k']"]),
+    (("data", "sources", "mnist"), 3, ["'data.sources.mnist'", "wrong type"]),
+    (("data", "digests", "cifar10"), {"test_batch": "d41d8cd98f00b204e9800998ecf8427e"},
+     ["'data.digests.cifar10.test_batch'", "[0-9a-f]{64}"]),
+    (("data", "digests", "svhn"), {}, ["'data.digests'", "['svhn']"]),
 ]
 
 
@@ -107,6 +112,39 @@ def test_invalid_value_names_key_path_and_allowed_range(quick, path, value, expe
     message = str(info.value)
     for text in expected:
         assert text in message, f"{text!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("key,value,replacement", [
+    ("mirror", "https://mirror.example.org/mnist/", "data.sources"),
+    ("mirror", None, "data.sources"),
+    ("checksums", {"mnist": {"train-images-idx3-ubyte.gz": "0" * 32}}, "data.digests"),
+])
+def test_replaced_data_keys_say_what_replaced_them(quick, key, value, replacement):
+    """Configs written for data.mirror / data.checksums get a migration message, not a bare
+    'unknown key'."""
+    quick["data"] = {key: value}
+    with pytest.raises(ConfigError) as info:
+        validate_config(quick)
+    message = str(info.value)
+    assert f"'data.{key}'" in message and f"replaced by '{replacement}'" in message, message
+    assert "docs/datasets.md" in message
+
+
+def test_both_replaced_data_keys_are_reported_together(quick):
+    quick["data"] = {"mirror": None, "checksums": {}, "sources": {}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(quick)
+    assert "'data.sources'" in str(info.value) and "'data.digests'" in str(info.value)
+
+
+def test_data_sources_and_digests_validate(quick):
+    quick["data"] = {
+        "sources": {"mnist": None, "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+                    "cifar10": "https://mirror.example.org/cifar/"},
+        "digests": {"mnist": {"train-images-idx3-ubyte": "ab" * 32}},
+    }
+    validate_config(quick)
+    validate_config(_deep_merge(_load("config.yaml"), _load("configs/fashion.yaml")))
 
 
 def test_missing_epsilons_for_a_listed_dataset(quick):

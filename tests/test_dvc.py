@@ -173,7 +173,7 @@ def test_collaborator_pulls_models_and_uaps_from_a_remote(finished_run: Path,
     assert guarded.returncode == 0, guarded.stdout + guarded.stderr
     assert "running every job (--forceall)" in guarded.stderr
     assert job_counts(guarded.stdout + guarded.stderr) == {
-        "prepare_data": 1, "train": 2, "attack": 2, "evaluate": 2, "transfer": 1,
+        "prepare_data": 1, "train": 2, "attack": 2, "evaluate": 2, "attack_suite": 1,
         "aggregate": 1, "report": 1, "all": 1}
 
     # Adopting the pulled outputs (DVC just verified them against dvc.lock) records
@@ -204,12 +204,12 @@ def test_incremental_plans_only_what_a_change_touches(finished_run: Path,
         return plan(work, "--configfile", str(variant))
 
     assert plan_with() == {}
-    # a new lambda: its model, and the one transfer matrix of the seed (it spans all lambdas)
-    per_model = {"train": 1, "attack": 1, "evaluate": 1, "transfer": 1, "aggregate": 1,
+    # a new lambda: its model, and the one attack suite of the seed (it spans all lambdas)
+    per_model = {"train": 1, "attack": 1, "evaluate": 1, "attack_suite": 1, "aggregate": 1,
                  "report": 1, "all": 1}
     assert plan_with(lambdas=[0.0, 1.0, 0.5]) == per_model
     assert plan_with(epsilons={"mnist5k": [0.1, 0.3]}) == {
-        "attack": 2, "evaluate": 2, "transfer": 1, "aggregate": 1, "report": 1, "all": 1}
+        "attack": 2, "evaluate": 2, "attack_suite": 1, "aggregate": 1, "report": 1, "all": 1}
     report_only = dict(REDUCED["analysis"], report={"dpi": 72})
     assert plan_with(analysis=report_only) == {"report": 1, "all": 1}
     assert plan(work, *QUICK) == {}

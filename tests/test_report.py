@@ -15,9 +15,9 @@ import matplotlib.image as mpimg  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from jacreg.figures import _correlations  # noqa: E402
 from jacreg.report import (  # noqa: E402
     FIGURES,
-    _correlations,
     _read_benchmarks,
     paper_differences,
     render_report,
@@ -51,6 +51,10 @@ def _row(lam: float, seed: int, eps: float) -> dict[str, Any]:
         "uap_evasion_rate_pgd_inputs": evasion, "pgd_n_inputs": 50, "pgd_steps": 20,
         "n_test": 1000,
         "checkpoint": f"models/lam{lam}_seed{seed}.pt", "uap": f"uaps/lam{lam}_seed{seed}.pt",
+        "strong_uap_evasion_rate": min(1.0, evasion + 0.02),
+        "transfer_uap_evasion_rate": evasion / 2, "transfer_uap_source": "transfer:0",
+        "worst_uap_evasion_rate": min(1.0, evasion + 0.02), "worst_uap_member": "strong",
+        "member_evasion_rates": {"paper": evasion, "strong": min(1.0, evasion + 0.02)},
     }
 
 
@@ -75,6 +79,26 @@ CLAIMS = [
     {"id": "C4", "dataset": "mnist5k", "statement": "Metric tracks evasion", "value": 0.8,
      "threshold": 0.5, "holds": False, "detail": {"measure": "shared_metric", "spearman": 0.8}},
 ]
+
+
+VERDICTS = {"C1": "holds", "C2": "fails", "C3": "inconclusive", "C4": "fails"}
+for _claim in CLAIMS:
+    _claim.update(attack="paper", verdict=VERDICTS[_claim["id"]], interval=[0.111, 0.999])
+CLAIMS += [dict(c, attack="worst", value=0.654321, verdict="inconclusive", interval=None)
+           for c in CLAIMS]
+INTERVALS = {"mnist5k": {
+    "rates": [{"attack": a, "lambda": lam, "eps": e, "low": 0.0123, "high": 0.9876}
+              for a in ("paper", "worst") for lam in LAMBDAS for e in EPS],
+    "clean_accuracy": [{"lambda": lam, "low": 0.5, "high": 0.99} for lam in LAMBDAS],
+    "gains": [{"attack": a, "lambda": 0.5, "eps": e, "low": 1.25, "high": 2.5}
+              for a in ("paper", "worst") for e in EPS]}}
+CHECKS = [{"dataset": "mnist5k", "lambda": lam, "seed": seed, "checks": [
+    {"name": "monotone_in_eps", "passed": True, "where": []},
+    {"name": "transfer_below_strong", "passed": lam == 0.0,
+     "where": [] if lam == 0.0 else ["eps=0.3: transfer:0 0.5000 > strong 0.3000 (+0.0284)"]},
+    {"name": "above_random", "passed": True, "where": []},
+    {"name": "large_budget", "passed": True, "where": []}]}
+    for lam in LAMBDAS for seed in SEEDS]
 
 
 CONFIG = {
@@ -103,6 +127,7 @@ def run(tmp_path: Path) -> dict[str, Any]:
         "environment": {"python": "3.11", "torch": "2.x", "threads": "4",
                         "interop_threads": "2"},
         "config": CONFIG, "rows": rows, "claims": CLAIMS, "transfer": TRANSFER,
+        "intervals": INTERVALS, "checks": CHECKS,
     }
     metrics_path = tmp_path / "metrics.json"
     metrics_path.write_text(json.dumps(metrics))
@@ -177,19 +202,39 @@ def test_html_embeds_every_figure_and_no_external_resources(run: dict[str, Any])
     assert order == sorted(order)
 
 
-def test_claims_marks_match_holds(run: dict[str, Any]) -> None:
+def test_claims_show_both_attacks_with_intervals_and_verdicts(run: dict[str, Any]) -> None:
     _, page = _render(run)
-    for claim in CLAIMS:
+    for claim in CLAIMS[:4]:
         match = re.search(rf"<tr><td>{claim['id']}</td>.*?</tr>", page)
         assert match, claim["id"]
         row = match.group(0)
-        if claim["holds"]:
-            assert "✓" in row and "✗" not in row
-        else:
-            assert "✗" in row and "✓" not in row
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        # paper: value, interval, verdict; then worst: value, interval, verdict
+        assert cells[5] == "[0.111, 0.999]" and cells[6] == VERDICTS[claim["id"]]
+        assert cells[7] == "0.654" and cells[8] == "–" and cells[9] == "inconclusive"
+        css = {"holds": "ok", "fails": "bad", "inconclusive": "maybe"}[VERDICTS[claim["id"]]]
+        assert f'<td class="{css}">{VERDICTS[claim["id"]]}</td>' in row
     assert "0.123" in page  # 3 significant digits
     assert "&lt;within 2%&gt;" in page
     assert "bound_violations=0" in page
+
+
+def test_sanity_checks_table_flags_with_where(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    section = page[page.index("<h3>Attack sanity checks</h3>"):page.index("<h2>Figures</h2>")]
+    assert "2 flag(s) in 4 models" in section
+    assert section.count('<td class="flag">✗ eps=0.3: transfer:0 0.5000 &gt; strong') == 2
+    assert section.count('<td class="ok">✓</td>') == 4 * 4 - 2
+
+
+def test_results_show_paper_and_worst_case_with_intervals(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    results = page[page.index("<h2>Results</h2>"):page.index("<h3>Attack suite</h3>")]
+    assert "worst-case UAP evasion ε=0.3" in results
+    assert results.count("[0.0123, 0.988]") == 2 * 2 * 2  # 2 attacks x 2 lambdas x 2 eps
+    assert results.count("[0.5, 0.99]") == 2  # clean accuracy per lambda
+    gains = page[page.index("Robustness gain and accuracy cost"):page.index("<h2>Results</h2>")]
+    assert "worst-case gain ε=0.3" in gains and gains.count("[1.25, 2.5]") == 4
 
 
 def test_results_table_means(run: dict[str, Any]) -> None:
@@ -280,7 +325,8 @@ def test_claims_show_seed_spread_and_accuracy_preserving_lambda(run: dict[str, A
     # (PGD means at eps 0.1: lambda 0 -> 0.25, lambda 0.5 -> 0.275: gain 0.909;
     #  at eps 0.3: 0.65 and 0.675: gain 0.963)
     row = re.search(r"<tr><td>0.5</td>.*?</tr>", claims).group(0)
-    assert ("<td>0.040 ± 0.014</td><td>1.5</td><td>0.123</td><td>0.909</td><td>0.963</td>"
+    assert ("<td>0.040 ± 0.014</td><td>1.5 [1.25, 2.5]</td><td>0.123 [1.25, 2.5]</td>"
+            "<td>1.5 [1.25, 2.5]</td><td>0.123 [1.25, 2.5]</td><td>0.909</td><td>0.963</td>"
             "<td>C1 (max gain), accuracy-preserving</td>") in row
     assert "PGD gain ε=0.1" in claims and "PGD gain ε=0.3" in claims
 

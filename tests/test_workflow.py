@@ -26,8 +26,10 @@ REDUCED = {
     "seeds": [0],
     "epsilons": {"mnist5k": [0.2, 0.3]},
     "train": {"architecture": "cnn_small", "epochs": 2, "batch_size": 64},
-    "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128},
-    "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4, "pgd_inputs": 100},
+    "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128,
+               "strong": {"restarts": 1, "epochs": 1, "n_images": 500, "check_epochs": 1}},
+    "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4, "pgd_inputs": 100,
+                 "bootstrap": {"samples": 200, "seed": 0}},
 }
 
 
@@ -91,11 +93,13 @@ def test_metrics_json_follows_the_contract(finished_run: Path) -> None:
         assert 0.0 <= row["pgd_evasion_rate"] <= 1.0
         assert row["pgd_evasion_rate"] >= row["uap_evasion_rate_pgd_inputs"]
     claims = metrics["claims"]
-    assert sorted(c["id"] for c in claims) == ["C1", "C2", "C3", "C4"]
+    assert sorted((c["attack"], c["id"]) for c in claims) == [
+        (a, c) for a in ("paper", "worst") for c in ("C1", "C2", "C3", "C4")]
     for claim in claims:
-        assert {"id", "dataset", "value", "threshold", "holds"} <= set(claim)
+        assert {"id", "dataset", "value", "threshold", "holds", "verdict"} <= set(claim)
         assert isinstance(claim["holds"], bool)
-    c1 = next(c for c in claims if c["id"] == "C1")
+        assert claim["verdict"] in ("holds", "fails", "inconclusive")
+    c1 = next(c for c in claims if c["id"] == "C1" and c["attack"] == "paper")
     assert set(c1["detail"]["per_seed"]["values"]) == {"0"}
     kept = c1["detail"]["gain_at_accuracy_preserving_lambda"]
     assert {"lambda", "per_eps"} <= set(kept)
@@ -104,21 +108,36 @@ def test_metrics_json_follows_the_contract(finished_run: Path) -> None:
 
 
 @pytest.mark.workflow
-def test_transfer_matrix_in_metrics(finished_run: Path) -> None:
+def test_attack_suite_worst_case_and_transfer_in_metrics(finished_run: Path) -> None:
     metrics = json.loads((finished_run / "reports/e2e/metrics.json").read_text())
-    record = json.loads((finished_run / "results/e2e/transfer/mnist5k/seed0.json").read_text())
+    record = json.loads((finished_run / "results/e2e/suite/mnist5k/seed0.json").read_text())
     assert record["lambdas"] == [0.0, 1.0] and record["eps"] == 0.3
     transfer = metrics["transfer"]["mnist5k"]
     assert transfer["lambdas"] == [0.0, 1.0] and transfer["eps"] == 0.3
     assert transfer["seeds"] == [0]
     assert transfer["per_seed"]["0"] == record["matrix"]
     assert transfer["matrix_mean"] == record["matrix"]
-    # the diagonal is each model's own UAP: the evaluate stage's rate, bit for bit
+    # the diagonal is each model's own paper UAP: the evaluate stage's rate, bit for bit
     own = {r["lambda"]: r["uap_evasion_rate"] for r in metrics["rows"] if r["eps"] == 0.3}
     assert [record["matrix"][i][i] for i in range(2)] == [own[0.0], own[1.0]]
     assert all(0.0 <= v <= 1.0 for line in record["matrix"] for v in line)
-    assert (finished_run / "logs/e2e/transfer/mnist5k/seed0.log").is_file()
-    assert (finished_run / "results/e2e/benchmarks/transfer/mnist5k/seed0.tsv").is_file()
+    for row in metrics["rows"]:
+        members = row["member_evasion_rates"]
+        other = "transfer:1" if row["lambda"] == 0.0 else "transfer:0"
+        assert set(members) == {"paper", "strong", other}
+        assert members["paper"] == row["uap_evasion_rate"]
+        # the worst member is the attack-split maximum; its test rate is the worst case
+        chosen = row["member_attack_split_rates"]
+        assert chosen[row["worst_uap_member"]] == max(chosen.values())
+        assert row["worst_uap_evasion_rate"] == members[row["worst_uap_member"]]
+    names = {(c["lambda"], c["seed"]): {k["name"] for k in c["checks"]}
+             for c in metrics["checks"]}
+    assert names == {(lam, 0): {"monotone_in_eps", "transfer_below_strong", "above_random",
+                                "large_budget"} for lam in (0.0, 1.0)}
+    intervals = metrics["intervals"]["mnist5k"]
+    assert intervals["samples"] == 200 and len(intervals["rates"]) == 2 * 2 * 2
+    assert (finished_run / "logs/e2e/suite/mnist5k/seed0.log").is_file()
+    assert (finished_run / "results/e2e/benchmarks/suite/mnist5k/seed0.tsv").is_file()
 
 
 @pytest.mark.workflow
@@ -179,7 +198,7 @@ def test_paper_profile_dry_run_plans_the_full_grid(tmp_path: Path) -> None:
             counts[parts[0]] = int(parts[1])
     assert counts["train"] == 3 * 6 * 3
     assert counts["attack"] == 54 and counts["evaluate"] == 54
-    assert counts["transfer"] == 3 * 3  # one per (dataset, seed)
+    assert counts["attack_suite"] == 3 * 3  # one per (dataset, seed)
     assert counts["prepare_data"] == 3
 
 

@@ -35,14 +35,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     runtime.setup_logging("prepare")
     runtime.set_threads(args.threads)
-    checksums = json.loads(args.checksums) if args.checksums else {}
-    if not isinstance(checksums, dict):
-        raise SystemExit("jacreg prepare: --checksums must be a JSON mapping "
-                         "dataset -> {file name: md5}")
+    sources = json.loads(args.sources) if args.sources else {}
+    digests = json.loads(args.digests) if args.digests else {}
+    if not isinstance(sources, dict) or not isinstance(digests, dict):
+        raise SystemExit("jacreg prepare: --sources and --digests must be JSON mappings "
+                         "dataset -> source, dataset -> {file name: sha256}")
     try:
         prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir,
-                        mirror=args.mirror or None,  # "": no mirror (the workflow's default)
-                        checksums=checksums.get(args.dataset) or None)
+                        source=sources.get(args.dataset),  # None: torchvision's mirrors
+                        digests=digests.get(args.dataset) or None)
     except (RuntimeError, ValueError) as error:  # ChecksumError, DownloadError: name the cause
         raise SystemExit(f"jacreg prepare {args.dataset}: {error}") from error
 
@@ -80,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
+    from jacreg.attack_suite import StrongSettings, strong_uap
     from jacreg.data import load_prepared, to_float
     from jacreg.models import load_checkpoint
     from jacreg.uap import sgd_uap
@@ -90,13 +92,16 @@ def cmd_attack(args: argparse.Namespace) -> None:
     runtime.configure_backends(device)
     runtime.seed_everything(args.seed)
     settings = _settings(args.settings)
+    strong = StrongSettings.from_config(settings.get("strong"))
     eps_list = [float(e) for e in json.loads(args.eps)]
     model = load_checkpoint(args.checkpoint, device=device)
     tensors = load_prepared(args.data)
     n = settings["n_images"]
     x, y = to_float(tensors["x_attack"][:n]), tensors["y_attack"][:n]
     x, y = x.to(device), y.to(device)
-    uaps = []
+    n_strong = min(strong.n_images or len(x), len(x))
+    xs, ys = x[:n_strong], y[:n_strong]
+    uaps, strong_uaps, strong_info = [], [], []
     for eps in eps_list:
         started = time.perf_counter()
         v = sgd_uap(model, x, y, eps, epochs=settings["epochs"],
@@ -104,12 +109,39 @@ def cmd_attack(args: argparse.Namespace) -> None:
                     step_size=settings["step_fraction"] * eps,
                     target_class=settings.get("target_class"), seed=args.seed, device=device,
                     progress=True)
-        log.info("eps=%g n_images=%d linf=%.4f l2=%.4f seconds=%.1f", eps, len(x),
+        log.info("paper eps=%g n_images=%d linf=%.4f l2=%.4f seconds=%.1f", eps, len(x),
                  float(v.abs().max()), float(v.norm()), time.perf_counter() - started)
         uaps.append(v)
-    save_torch({"eps": torch.tensor(eps_list, dtype=torch.float64), "uaps": torch.stack(uaps),
-                "dataset": args.dataset, "lambda": args.lam, "seed": args.seed,
-                "settings": settings}, args.out)
+        if settings.get("target_class") is not None:
+            continue  # the suite is untargeted
+        started = time.perf_counter()
+        result = strong_uap(model, xs, ys, eps, strong, batch_size=settings["batch_size"],
+                            beta=settings["beta"], seed=args.seed, device=device, progress=True)
+        strong_uaps.append(result.uap)
+        strong_info.append({"eps": eps, "crafting_evasion_rate": result.crafting_evasion_rate,
+                            "start": result.start, "epoch": result.epoch,
+                            "loss": result.loss,
+                            "per_start": result.per_start, "n_images": n_strong,
+                            "seconds": time.perf_counter() - started})
+        log.info("strong eps=%g n_images=%d crafting_evasion=%.4f start=%d loss=%s epoch=%d "
+                 "per_run=%s seconds=%.1f", eps, n_strong, result.crafting_evasion_rate,
+                 result.start, result.loss, result.epoch,
+                 [round(r, 4) for r in result.per_start],
+                 strong_info[-1]["seconds"])
+    payload: dict[str, Any] = {
+        "eps": torch.tensor(eps_list, dtype=torch.float64), "uaps": torch.stack(uaps),
+        "dataset": args.dataset, "lambda": args.lam, "seed": args.seed, "settings": settings}
+    if strong_uaps:
+        check = strong_uap(model, xs, ys, strong.check_eps, strong,
+                           batch_size=settings["batch_size"], beta=settings["beta"],
+                           seed=args.seed, device=device, restarts=0,
+                           epochs=strong.check_epochs)
+        log.info("large-budget check eps=%g crafting_evasion=%.4f", strong.check_eps,
+                 check.crafting_evasion_rate)
+        payload.update({"strong_uaps": torch.stack(strong_uaps), "strong_info": strong_info,
+                        "check_eps": strong.check_eps, "check_uap": check.uap,
+                        "check_crafting_evasion_rate": check.crafting_evasion_rate})
+    save_torch(payload, args.out)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -124,19 +156,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_json(result, args.out)
 
 
-def cmd_transfer(args: argparse.Namespace) -> None:
-    from jacreg.transfer import compute_transfer
+def cmd_suite(args: argparse.Namespace) -> None:
+    from jacreg.attack_suite import evaluate_suite
 
-    log = runtime.setup_logging("transfer")
+    log = runtime.setup_logging("suite")
     runtime.set_threads(args.threads)
     device = runtime.resolve_device(args.device)
     lambdas = [float(x) for x in json.loads(args.lambdas)]
     started = time.perf_counter()
-    result = compute_transfer(args.checkpoints, args.uaps, lambdas, args.data, args.dataset,
-                              args.seed, args.batch_size, device)
-    write_json(result, args.out)
-    log.info("wrote %s (%d x %d, eps=%g, %.1f s)", args.out, len(lambdas), len(lambdas),
-             result["eps"], time.perf_counter() - started)
+    summary, outcomes = evaluate_suite(args.checkpoints, args.uaps, lambdas, args.data,
+                                       args.dataset, args.seed, args.attack_images,
+                                       args.batch_size, device)
+    save_torch(outcomes, args.outcomes)
+    write_json(summary, args.out)
+    log.info("wrote %s and %s (%d models x %d eps, %.1f s)", args.out, args.outcomes,
+             len(lambdas), len(summary["eps_list"]), time.perf_counter() - started)
 
 
 def _git_commit() -> str:
@@ -151,34 +185,31 @@ def _git_commit() -> str:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
-    from jacreg.metrics import aggregate_transfer, evaluate_claims, evasion_curve_table
+    from jacreg.aggregate import aggregate_run
+    from jacreg.io import load_torch
+    from jacreg.metrics import evasion_curve_table
 
     log = runtime.setup_logging("aggregate")
     config = json.loads(args.config)
-    evaluations = [read_json(p) for p in args.evals]
-    rows = sorted((row for ev in evaluations for row in ev["rows"]),
-                  key=lambda r: (r["dataset"], r["lambda"], r["seed"], r["eps"]))
-    test_sizes = {r["dataset"]: r["n_test"] for r in rows}
-    claims = evaluate_claims(rows, config["analysis"]["claims"], test_sizes)
-    transfer = aggregate_transfer([read_json(p) for p in args.transfer or []])
-    environment = runtime.environment_info()
+    started = time.perf_counter()
+    result = aggregate_run([read_json(p) for p in args.evals],
+                           [read_json(p) for p in args.suites],
+                           [load_torch(p) for p in args.outcomes], config)
     metrics = {"run": config["run_name"], "git_commit": _git_commit(),
-               "config_sha256": config_sha256(config), "environment": environment,
-               "config": config, "rows": rows, "claims": claims, "transfer": transfer,
-               # scalars only, for `dvc metrics show` / `dvc exp show`
-               "summary": {d: {f"{c['id']}_{k}": c[k] for c in claims if c["dataset"] == d
-                               for k in ("value", "holds")}
-                           for d in sorted({c["dataset"] for c in claims})}}
+               "config_sha256": config_sha256(config),
+               "environment": runtime.environment_info(), "config": config, **result}
     write_json(metrics, args.out)
     if args.curve:
-        curve = evasion_curve_table(rows)
+        curve = evasion_curve_table(result["rows"])
         with atomic_open(args.curve, "w") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(curve[0]))
             writer.writeheader()
             writer.writerows(curve)
-    for claim in claims:
-        log.info("claim=%s dataset=%s value=%s threshold=%s holds=%s", claim["id"],
-                 claim["dataset"], claim["value"], claim["threshold"], claim["holds"])
+    for claim in result["claims"]:
+        log.info("claim=%s attack=%s dataset=%s value=%s interval=%s threshold=%s verdict=%s",
+                 claim["id"], claim["attack"], claim["dataset"], claim["value"],
+                 claim["interval"], claim["threshold"], claim["verdict"])
+    log.info("aggregated in %.1f s", time.perf_counter() - started)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -198,12 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--raw-dir", default="data/raw")
-    p.add_argument("--mirror", default=None,
-                   help="base URL holding torchvision's file names (config data.mirror); "
-                        "empty: torchvision's own mirrors")
-    p.add_argument("--checksums", default="",
-                   help="JSON mapping dataset -> {file name: md5} replacing torchvision's "
-                        "expected md5 (config data.checksums)")
+    p.add_argument("--sources", default="",
+                   help="JSON mapping dataset -> source (config data.sources): an http(s) base "
+                        "URL, a local directory or file:// URL; absent or null: torchvision's "
+                        "mirrors")
+    p.add_argument("--digests", default="",
+                   help="JSON mapping dataset -> {file name: sha256 of its decompressed content} "
+                        "replacing the recorded digests (config data.digests)")
     _common(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -239,22 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("transfer", help="UAP transfer matrix across lambdas of one seed")
+    p = sub.add_parser("suite", help="attack suite and worst-case UAP of one seed's models")
     p.add_argument("--dataset", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--lambdas", required=True, help="JSON list, parallel to --checkpoints")
     p.add_argument("--checkpoints", nargs="+", required=True)
     p.add_argument("--uaps", nargs="+", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--attack-images", type=int, required=True,
+                   help="the first n attack-split images, on which the worst member is chosen")
     p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="JSON summary")
+    p.add_argument("--outcomes", required=True, help="per-input test outcomes (.pt)")
     _common(p)
-    p.set_defaults(func=cmd_transfer)
+    p.set_defaults(func=cmd_suite)
 
     p = sub.add_parser("aggregate", help="metrics.json with every row and claims C1-C4")
     p.add_argument("--evals", nargs="+", required=True)
-    p.add_argument("--transfer", nargs="*", default=[],
-                   help="transfer JSON files (one per dataset and seed)")
+    p.add_argument("--suites", nargs="+", required=True,
+                   help="attack-suite JSON summaries (one per dataset and seed)")
+    p.add_argument("--outcomes", nargs="+", required=True,
+                   help="attack-suite per-input outcomes (.pt, one per dataset and seed)")
     p.add_argument("--config", required=True, help="JSON configuration")
     p.add_argument("--out", required=True)
     p.add_argument("--curve", default=None, help="CSV of the seed-averaged evasion curves")

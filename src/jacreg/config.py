@@ -73,6 +73,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = None) -> None:
     """Raise :class:`ConfigError` listing every schema violation and cross-key inconsistency."""
     schema = schema if schema is not None else load_schema()
+    replaced = _replaced_keys(config)
+    if replaced:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(replaced))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     messages = [_describe(e) for e in errors]
@@ -97,6 +100,25 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
             )
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+
+
+def _replaced_keys(config: Mapping[str, Any]) -> list[str]:
+    """Messages for keys of older versions, saying what replaced them."""
+    data = config.get("data")
+    messages = []
+    if isinstance(data, Mapping) and "mirror" in data:
+        messages.append(
+            "config key 'data.mirror' was replaced by 'data.sources': one source per dataset, "
+            "e.g. data: {sources: {fashion_mnist: /usr/share/datasets/fashion-mnist, "
+            "mnist: https://example.org/mnist/}} (an http(s) base URL, a local directory or a "
+            "file:// URL; null: torchvision's mirrors); see docs/datasets.md")
+    if isinstance(data, Mapping) and "checksums" in data:
+        messages.append(
+            "config key 'data.checksums' (md5 of the archives) was replaced by 'data.digests': "
+            "the content is checked, not the packaging: {dataset: {file name: SHA-256 of the "
+            "decompressed file}}, and the official releases' digests are built in; "
+            "see docs/datasets.md")
+    return messages
 
 
 def train_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:

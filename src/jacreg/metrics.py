@@ -1,4 +1,4 @@
-"""Rates, correlations, aggregation over seeds and the paper's claims C1-C4.
+"""Rates, correlations and aggregation over seeds.
 
 Rates over a labelled set with perturbation v applied as clip(x + v, 0, 1):
 
@@ -6,21 +6,10 @@ Rates over a labelled set with perturbation v applied as clip(x + v, 0, 1):
 - fooling rate: fraction whose prediction changes, mean[pred(x + v) != pred(x)];
 - random baseline: the same rates for v with i.i.d. +-eps entries (same L-infinity budget).
 
-Claims (DESIGN §1), per dataset, from seed-averaged rows:
+The paper's claims C1-C4 live in :mod:`jacreg.claims`, their bootstrap intervals in
+:mod:`jacreg.bootstrap`.
 
-- C1 robustness gain = evasion(lambda=0, eps) / evasion(lambda, eps), maximized over lambda > 0
-  and eps ("up to four times"); beside it, the same gain per seed at (lambda*, eps*) (the
-  lambda=0 and lambda* models of one seed), as mean +- std over seeds, and the gain per eps at
-  the accuracy-preserving lambda: the largest lambda whose mean clean-accuracy drop is at most
-  ``max_accuracy_drop``;
-- C2 clean-accuracy drop acc(0) - acc(lambda*) at the lambda* of C1 ("maintaining clean
-  performance"), also per seed as mean +- std;
-- C3 Spearman correlation across models of ||J_X||_2 with the UAP evasion rate at the largest
-  eps, and no violation of ||J_X v|| <= ||J_X||_2 ||v||_2 <= ||J_X||_F ||v||_2;
-- C4 Pearson correlation across models of the shared-perturbation metric with the UAP evasion
-  rate at the largest eps ("highly correlated").
-
-The UAP transfer matrices (one per dataset and seed, :mod:`jacreg.transfer`) are averaged over
+The UAP transfer matrices (one per dataset and seed, :mod:`jacreg.attack_suite`) are averaged over
 seeds by :func:`aggregate_transfer`.
 """
 
@@ -118,134 +107,6 @@ def seed_summary(rows: list[dict[str, Any]], key: str) -> dict[SummaryKey, tuple
     return {k: mean_std(v) for k, v in groups.items()}
 
 
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _per_seed(rows: list[dict[str, Any]]) -> dict[int, dict[tuple[float, float], dict]]:
-    """seed -> (lambda, eps) -> row, for one dataset's rows."""
-    out: dict[int, dict[tuple[float, float], dict]] = defaultdict(dict)
-    for row in rows:
-        out[int(row["seed"])][(row["lambda"], row["eps"])] = row
-    return dict(sorted(out.items()))
-
-
-def _drop_std(per_seed: dict[int, dict[tuple[float, float], dict]], lam: float,
-              eps: float) -> float | None:
-    """Std over seeds of acc_s(0) - acc_s(lam) (the same seed's two models)."""
-    drops = [cells[(0.0, eps)]["clean_accuracy"] - cells[(lam, eps)]["clean_accuracy"]
-             for cells in per_seed.values() if (0.0, eps) in cells and (lam, eps) in cells]
-    return mean_std(drops)[1] if drops else None
-
-
-def evaluate_claims(rows: list[dict[str, Any]], thresholds: dict[str, float],
-                    test_sizes: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """Claims C1-C4 per dataset; each: id, dataset, statement, value, threshold, holds, detail."""
-    claims: list[dict[str, Any]] = []
-    for dataset in sorted({r["dataset"] for r in rows}):
-        drows = [r for r in rows if r["dataset"] == dataset]
-        lambdas = sorted({r["lambda"] for r in drows})
-        epsilons = sorted({r["eps"] for r in drows})
-        evasion = seed_summary(drows, "uap_evasion_rate")
-        acc = seed_summary(drows, "clean_accuracy")
-        floor = 1.0 / (test_sizes or {}).get(dataset, 10_000)
-        base = lambdas[0]
-        best = (float("nan"), None, None)
-        gains = {}
-        if base == 0.0 and len(lambdas) > 1:
-            for lam in lambdas[1:]:
-                for eps in epsilons:
-                    attacked = max(evasion[(dataset, lam, eps)][0], floor)
-                    gain = evasion[(dataset, 0.0, eps)][0] / attacked
-                    gains[f"lambda={lam:g},eps={eps:g}"] = gain
-                    if best[1] is None or gain > best[0]:
-                        best = (gain, lam, eps)
-        gain, lam_star, eps_star = best
-        per_seed = _per_seed(drows)
-        seed_gains: dict[str, float] = {}
-        seed_drops: dict[str, float] = {}
-        if lam_star is not None:
-            for seed, cells in per_seed.items():
-                if (0.0, eps_star) in cells and (lam_star, eps_star) in cells:
-                    base_row, reg_row = cells[(0.0, eps_star)], cells[(lam_star, eps_star)]
-                    seed_gains[str(seed)] = (base_row["uap_evasion_rate"]
-                                             / max(reg_row["uap_evasion_rate"], floor))
-                    seed_drops[str(seed)] = (base_row["clean_accuracy"]
-                                             - reg_row["clean_accuracy"])
-        drops = ({lam: acc[(dataset, 0.0, epsilons[0])][0] - acc[(dataset, lam, epsilons[0])][0]
-                  for lam in lambdas} if base == 0.0 else {})
-        drop_std = ({lam: _drop_std(per_seed, lam, epsilons[0]) for lam in lambdas}
-                    if base == 0.0 else {})
-        preserving = [lam for lam in lambdas[1:] if base == 0.0
-                      and drops[lam] <= thresholds["max_accuracy_drop"]]
-        lam_keep = preserving[-1] if preserving else None
-        kept = {"lambda": lam_keep,
-                "accuracy_drop": None if lam_keep is None else drops[lam_keep],
-                "max_accuracy_drop": thresholds["max_accuracy_drop"],
-                "per_eps": ({} if lam_keep is None else
-                            {f"{eps:g}": evasion[(dataset, 0.0, eps)][0]
-                             / max(evasion[(dataset, lam_keep, eps)][0], floor)
-                             for eps in epsilons})}
-        gain_mean, gain_std = mean_std(seed_gains.values()) if seed_gains else (None, None)
-        claims.append({
-            "id": "C1", "dataset": dataset,
-            "statement": "Jacobian regularization increases robustness to UAPs by up to 4x",
-            "value": _finite(gain), "threshold": thresholds["min_robustness_gain"],
-            "holds": bool(lam_star is not None and gain >= thresholds["min_robustness_gain"]),
-            "detail": {"lambda": lam_star, "eps": eps_star, "gains": gains,
-                       "evasion_floor": floor,
-                       "per_seed": {"values": seed_gains, "mean": _finite(gain_mean),
-                                    "std": _finite(gain_std)},
-                       "gain_at_accuracy_preserving_lambda": kept},
-        })
-        drop = float("nan") if lam_star is None else drops[lam_star]
-        drop_mean, drop_sd = mean_std(seed_drops.values()) if seed_drops else (None, None)
-        claims.append({
-            "id": "C2", "dataset": dataset,
-            "statement": "whilst maintaining clean performance (accuracy drop at the lambda of C1)",
-            "value": _finite(drop), "threshold": thresholds["max_accuracy_drop"],
-            "holds": bool(lam_star is not None and drop <= thresholds["max_accuracy_drop"]),
-            "detail": {"lambda": lam_star,
-                       "accuracy_drop_per_lambda": {f"{k:g}": v for k, v in drops.items()},
-                       "accuracy_drop_std_per_lambda": {f"{k:g}": v
-                                                        for k, v in drop_std.items()},
-                       "per_seed": {"values": seed_drops, "mean": _finite(drop_mean),
-                                    "std": _finite(drop_sd)}},
-        })
-        top = [r for r in drows if r["eps"] == epsilons[-1]]
-        evasions = [r["uap_evasion_rate"] for r in top]
-        rho_spectral = spearman([r["stacked_jacobian_spectral"] for r in top], evasions)
-        violations = sum(
-            1 for r in drows
-            if r["linearized_logit_change"] > r["spectral_bound"] * (1 + 1e-5) + 1e-9
-            or r["spectral_bound"] > r["frobenius_bound"] * (1 + 1e-5) + 1e-9
-        )
-        claims.append({
-            "id": "C3", "dataset": dataset,
-            "statement": "UAP effectiveness is bounded by norms of data-dependent Jacobians",
-            "value": _finite(rho_spectral), "threshold": thresholds["min_correlation"],
-            "holds": bool(math.isfinite(rho_spectral)
-                          and rho_spectral >= thresholds["min_correlation"] and violations == 0),
-            "detail": {"measure": "Spearman(||J_X||_2, UAP evasion rate) across models at eps="
-                                  f"{epsilons[-1]:g}", "bound_violations": violations,
-                       "pearson": _finite(pearson([r["stacked_jacobian_spectral"] for r in top],
-                                                  evasions))},
-        })
-        shared = [r["shared_metric_mean"] for r in top]
-        r_pearson, r_spearman = pearson(shared, evasions), spearman(shared, evasions)
-        claims.append({
-            "id": "C4", "dataset": dataset,
-            "statement": "the shared-perturbation metric is highly correlated with observed "
-                         "UAP robustness",
-            "value": _finite(r_pearson), "threshold": thresholds["min_correlation"],
-            "holds": bool(math.isfinite(r_pearson) and r_pearson >= thresholds["min_correlation"]),
-            "detail": {"measure": "Pearson(shared metric mean, UAP evasion rate) across models at "
-                                  f"eps={epsilons[-1]:g}", "spearman": _finite(r_spearman),
-                       "n_models": len(top)},
-        })
-    return claims
-
-
 def evasion_curve_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seed-averaged headline curve: one record per (dataset, lambda, eps), for DVC plots."""
     evasion = seed_summary(rows, "uap_evasion_rate")
@@ -261,7 +122,7 @@ def evasion_curve_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def aggregate_transfer(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per dataset: the transfer matrices of all seeds and their mean and std over seeds.
 
-    Each record is one (dataset, seed) output of :func:`jacreg.transfer.compute_transfer`;
+    Each record is one (dataset, seed) summary of :func:`jacreg.attack_suite.evaluate_suite`;
     records of one dataset must share the lambda list and the eps.
     """
     out: dict[str, Any] = {}

@@ -1,437 +1,50 @@
-"""Render the run's figures and a self-contained HTML report.
+"""Render the run's self-contained HTML report.
 
 :func:`render_report` reads the aggregated ``metrics.json`` (rows, claim verdicts, the UAP
-transfer matrices and the configuration), the per-model evaluation files (class-pair
-shared-perturbation matrices), the UAP tensor files and the Snakemake benchmark TSVs, writes nine
-PNG figures and one HTML page that embeds them as base64 data URIs (inline CSS, no scripts, no
-external resources). Every output is written atomically. Means and spreads are taken over seeds;
-the spread is the sample standard deviation (ddof=1, 0 for a single seed). The page's
-"Differences from the paper" section is generated from the configuration stored in
-``metrics.json``, so it always describes the run it accompanies.
+transfer matrices and the configuration), the per-model evaluation files, the UAP tensor files
+and the Snakemake benchmark TSVs, has :func:`jacreg.figures.render_figures` write the nine PNG
+figures, and writes one HTML page that embeds them as base64 data URIs (inline CSS, no scripts,
+no external resources). This module holds the page itself: the claims, gains and results tables,
+the provenance section (environment, time per stage) and the "Differences from the paper"
+section, which is generated from the configuration stored in ``metrics.json`` so that it always
+describes the run it accompanies. Every output is written atomically. Means and spreads are
+taken over seeds; the spread is the sample standard deviation (ddof=1, 0 for a single seed).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
-import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from jacreg.config import train_settings  # noqa: E402
-from jacreg.data import REGISTRY  # noqa: E402
-from jacreg.io import atomic_open, load_torch  # noqa: E402
-
-Row = dict[str, Any]
-STAGE_ORDER = ("prepare", "train", "attack", "evaluate", "transfer", "aggregate", "report")
-FIGURES: tuple[tuple[str, str, str], ...] = (
-    ("evasion_vs_eps.png", "UAP evasion rate vs perturbation budget",
-     "One line per λ (mean over seeds, band = ±1 std). Lower is more robust; the dashed line is a "
-     "random ±ε perturbation of the same budget, the floor a universal perturbation should beat."),
-    ("clean_accuracy_vs_lambda.png", "Clean accuracy vs λ",
-     "Test accuracy without perturbation (mean ± std over seeds); the x axis is symmetric-log so "
-     "that λ = 0 fits. A flat curve means regularization costs little accuracy."),
-    ("jacobian_norms_vs_lambda.png", "Jacobian norms vs λ",
-     "Mean per-input Frobenius norm ‖J(x)‖_F and spectral norm of the stacked Jacobian ‖J_X‖_2 on "
-     "the analysis set (log scale). Both should fall as λ grows."),
-    ("bounds_vs_lambda.png", "Logit change and its bounds at the largest ε (claim C3)",
-     "Actual stacked logit change ‖f(X+v)−f(X)‖ beside the linearized ‖J_X v‖ and the spectral "
-     "and Frobenius upper bounds. The bounds should lie above the linearized change."),
-    ("uap_images.png", "UAPs at the largest ε",
-     "The universal perturbation of the first seed for each λ, on a diverging scale centred at 0 "
-     "(RGB: v/(2ε)+0.5). Titles give λ and the model's UAP evasion rate."),
-    ("shared_metric_heatmap.png", "Shared-perturbation metric by class pair",
-     "Mean s_ij for input pairs drawn from classes (row, column), first seed per λ, one colour "
-     "scale for all panels. Lower values are expected for more robust (higher-λ) models."),
-    ("metric_vs_evasion.png", "Shared metric vs UAP evasion",
-     "Each point is one model at the largest ε, coloured by λ. Pearson r and Spearman ρ are "
-     "shown per dataset and over all models; a positive trend supports the metric."),
-    ("uap_vs_pgd.png", "Universal (UAP) vs per-input (PGD) attack",
-     "Left: evasion rate vs λ at the largest ε (mean ± std over seeds): the UAP over the test "
-     "split and over the PGD inputs, PGD over its inputs (the first analysis.pgd_inputs test "
-     "inputs), and the random ±ε baseline. Right: evasion relative to the λ = 0 model of the "
-     "same attack and ε (seed means; 1 = no change, lower = more robust); solid lines UAP, "
-     "dashed lines PGD. A UAP curve below the PGD curve means Jacobian regularization helps "
-     "more against universal than against per-input perturbations. Evasion counts every "
-     "misclassified input, clean errors included, so at a small ε a less accurate regularized "
-     "model can sit above 1."),
-    ("uap_transfer.png", "UAP transfer across λ at the largest ε",
-     "Entry (row a, column b): evasion rate of the λ_b model under the UAP crafted on the λ_a "
-     "model of the same seed, over the test split, mean (± std) over seeds. The diagonal is each "
-     "model's own UAP; a column shows how one model fares against every model's UAP."),
+from jacreg.config import train_settings
+from jacreg.data import REGISTRY
+from jacreg.figures import FIGURES, render_figures
+from jacreg.io import load_torch
+from jacreg.report_data import (
+    Row,
+    _at_eps,
+    _by_model,
+    _eps_label,
+    _f,
+    _max_eps,
+    _mean_std,
+    _ordered_datasets,
+    _unique,
+    _write,
 )
+
+STAGE_ORDER = ("prepare", "train", "attack", "evaluate", "suite", "aggregate", "report")
 ARCHITECTURES = {
     "cnn_small": "CNN conv16-5 / pool / conv32-5 / pool / fc100 / fc10",
     "cnn": "CNN conv32-5 / pool / conv64-5 / pool / fc200 / fc10",
     "resnet18": "ResNet-18 (CIFAR variant: 3×3 stem, no max-pool)",
 }
-
-
-def _f(value: Any) -> float:
-    """Float with None (JSON null) and unparsable values mapped to NaN."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else 0.0)
-
-
-def _unique(values: Sequence[Any]) -> list[Any]:
-    return sorted(set(values))
-
-
-def _ordered_datasets(rows: Sequence[Row]) -> list[str]:
-    return list(dict.fromkeys(str(r["dataset"]) for r in rows))
-
-
-def _by_model(rows: Sequence[Row], dataset: str) -> dict[float, list[Row]]:
-    """One row per (lambda, seed) of ``dataset`` (eps-independent quantities)."""
-    seen: dict[tuple[float, int], Row] = {}
-    for r in rows:
-        if r["dataset"] == dataset:
-            seen.setdefault((_f(r["lambda"]), int(r["seed"])), r)
-    out: dict[float, list[Row]] = defaultdict(list)
-    for (lam, _), r in sorted(seen.items()):
-        out[lam].append(r)
-    return dict(out)
-
-
-def _at_eps(rows: Sequence[Row], dataset: str, eps: float) -> dict[float, list[Row]]:
-    out: dict[float, list[Row]] = defaultdict(list)
-    for r in rows:
-        if r["dataset"] == dataset and math.isclose(_f(r["eps"]), eps, rel_tol=1e-9):
-            out[_f(r["lambda"])].append(r)
-    return dict(sorted(out.items()))
-
-
-def _max_eps(rows: Sequence[Row], dataset: str) -> float:
-    return max(_f(r["eps"]) for r in rows if r["dataset"] == dataset)
-
-
-def _eps_label(eps: float) -> str:
-    """``8/255`` for small budgets on the 1/255 grid (CIFAR-style), else 3 significant digits."""
-    k = round(eps * 255)
-    on_grid = 0 < k <= 16 and abs(eps * 255 - k) < 1e-4
-    return f"{k}/255" if on_grid else f"{eps:.3g}"
-
-
-def _lambda_colors(lambdas: Sequence[float]) -> dict[float, Any]:
-    cmap = plt.get_cmap("viridis")
-    n = max(len(lambdas) - 1, 1)
-    return {lam: cmap(0.9 * i / n) for i, lam in enumerate(lambdas)}
-
-
-def _symlog_x(ax: Axes, lambdas: Sequence[float]) -> None:
-    positive = [lam for lam in lambdas if lam > 0]
-    if positive and any(lam <= 0 for lam in lambdas):
-        ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
-    elif positive:
-        ax.set_xscale("log")
-    ax.set_xticks(list(lambdas), [f"{lam:g}" for lam in lambdas], fontsize=8)
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("λ (Jacobian penalty weight)")
-
-
-def _no_data(ax: Axes, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
-    ax.set_axis_off()
-
-
-def _panels(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(width * max(n, 1), height), squeeze=False)
-    return fig, list(axes[0])
-
-
-def _rank(a: np.ndarray) -> np.ndarray:
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(a.size, dtype=float)
-    ranks[order] = np.arange(a.size, dtype=float)
-    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
-    return (np.bincount(inverse, weights=ranks) / counts)[inverse]  # average rank of ties
-
-
-def _correlations(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Pearson and Spearman correlation of the finite pairs (NaN when undefined)."""
-    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[keep], ya[keep]
-
-    def pearson(a: np.ndarray, b: np.ndarray) -> float:
-        if a.size < 2 or a.std() == 0 or b.std() == 0:
-            return math.nan
-        return float(np.corrcoef(a, b)[0, 1])
-
-    return pearson(xa, ya), (pearson(_rank(xa), _rank(ya)) if xa.size else math.nan)
-
-
-def _fig_evasion(rows: list[Row], datasets: list[str], colors: dict) -> Figure:
-    fig, axes = _panels(len(datasets))
-    for ax, ds in zip(axes, datasets, strict=False):
-        eps_grid = _unique([_f(r["eps"]) for r in rows if r["dataset"] == ds])
-        per_lam: dict[float, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-        rand: dict[float, list[float]] = defaultdict(list)
-        for r in rows:
-            if r["dataset"] == ds:
-                per_lam[_f(r["lambda"])][_f(r["eps"])].append(_f(r["uap_evasion_rate"]))
-                rand[_f(r["eps"])].append(_f(r["random_evasion_rate"]))
-        for lam in sorted(per_lam):
-            stats = [_mean_std(per_lam[lam][e]) for e in eps_grid]
-            mean, std = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-            ax.plot(eps_grid, mean, "o-", color=colors[lam], label=f"λ={lam:g}")
-            ax.fill_between(eps_grid, mean - std, mean + std, color=colors[lam], alpha=0.2)
-        ax.plot(eps_grid, [_mean_std(rand[e])[0] for e in eps_grid], "k--",
-                label="random ±ε (mean of all models)")
-        ax.set(title=ds, xlabel="ε (L∞ budget)", ylabel="UAP evasion rate", ylim=(-0.02, 1.02))
-        ax.set_xticks(eps_grid, [_eps_label(e) for e in eps_grid], fontsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return fig
-
-
-def _fig_vs_lambda(rows: list[Row], datasets: list[str], series: Sequence[tuple[str, str, str]],
-                   ylabel: str, log_y: bool, max_eps_only: bool = False) -> Figure:
-    """Plot ``series`` = (row key, label, format) as mean ± std over seeds against lambda."""
-    fig, axes = _panels(len(datasets))
-    for ax, ds in zip(axes, datasets, strict=False):
-        groups = _at_eps(rows, ds, _max_eps(rows, ds)) if max_eps_only else _by_model(rows, ds)
-        lams = sorted(groups)
-        for key, label, fmt in series:
-            stats = [_mean_std([_f(r[key]) for r in groups[lam]]) for lam in lams]
-            ax.errorbar(lams, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt=fmt,
-                        capsize=3, label=label)
-        _symlog_x(ax, lams)
-        if log_y:
-            ax.set_yscale("log")
-        title = f"{ds} (ε={_eps_label(_max_eps(rows, ds))})" if max_eps_only else ds
-        ax.set(title=title, ylabel=ylabel)
-        ax.grid(alpha=0.3, which="both")
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-    return fig
-
-
-def _fig_uaps(rows: list[Row], datasets: list[str], uaps: list[dict[str, Any]]) -> Figure:
-    firsts: dict[tuple[str, float], dict[str, Any]] = {}
-    for u in sorted(uaps, key=lambda u: int(u["seed"])):
-        firsts.setdefault((str(u["dataset"]), _f(u["lambda"])), u)
-    ds_list = [d for d in datasets if any(k[0] == d for k in firsts)] or datasets
-    ncol = max([sum(1 for k in firsts if k[0] == d) for d in ds_list] + [1])
-    fig, axes = plt.subplots(len(ds_list), ncol, figsize=(2.6 * ncol + 0.6, 2.8 * len(ds_list)),
-                             squeeze=False)
-    for i, ds in enumerate(ds_list):
-        entries = sorted((k[1], u) for k, u in firsts.items() if k[0] == ds)
-        for j in range(ncol):
-            ax = axes[i][j]
-            if j >= len(entries):
-                _no_data(ax, "" if entries else "no UAP files")
-                continue
-            lam, u = entries[j]
-            eps_t = np.asarray(u["eps"], dtype=float).reshape(-1)
-            k = int(np.argmax(eps_t))
-            eps = float(eps_t[k])
-            v = np.asarray(u["uaps"][k], dtype=float)
-            match = [r for r in rows if r["dataset"] == ds and _f(r["lambda"]) == lam
-                     and int(r["seed"]) == int(u["seed"])
-                     and math.isclose(_f(r["eps"]), eps, rel_tol=1e-6)]
-            rate = f"{_f(match[0]['uap_evasion_rate']):.3f}" if match else "n/a"
-            if v.shape[0] == 1:
-                im = ax.imshow(v[0], cmap="RdBu_r", vmin=-eps, vmax=eps)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-            else:
-                ax.imshow(np.clip(np.transpose(v[:3], (1, 2, 0)) / (2 * eps) + 0.5, 0, 1))
-            ax.set_title(f"{ds}  λ={lam:g}\nε={_eps_label(eps)}, evasion {rate}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    return fig
-
-
-def _fig_heatmaps(datasets: list[str], evals: list[dict[str, Any]]) -> Figure:
-    firsts: dict[tuple[str, float], dict[str, Any]] = {}
-    for e in sorted(evals, key=lambda e: int(e["seed"])):
-        firsts.setdefault((str(e["dataset"]), _f(e["lambda"])), e)
-    mats = {k: np.array([[_f(x) for x in row] for row in e["class_pair_matrix"]], dtype=float)
-            for k, e in firsts.items()}
-    finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()] + [np.zeros(0)])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    ds_list = [d for d in datasets if any(k[0] == d for k in firsts)] or datasets
-    ncol = max([sum(1 for k in firsts if k[0] == d) for d in ds_list] + [1])
-    fig, axes = plt.subplots(len(ds_list), ncol, figsize=(4.0 * ncol + 1.0, 3.8 * len(ds_list)),
-                             squeeze=False, layout="constrained")
-    cmap = plt.get_cmap("magma").with_extremes(bad="lightgray")
-    im = None
-    for i, ds in enumerate(ds_list):
-        keys = sorted(k for k in firsts if k[0] == ds)
-        for j in range(ncol):
-            ax = axes[i][j]
-            if j >= len(keys):
-                _no_data(ax, "" if keys else "no evaluation files")
-                continue
-            names = [str(c) for c in firsts[keys[j]].get("class_names", [])]
-            im = ax.imshow(np.ma.masked_invalid(mats[keys[j]]), cmap=cmap, vmin=vmin, vmax=vmax)
-            if names and len(names) == mats[keys[j]].shape[0]:
-                ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-                ax.set_yticks(range(len(names)), names, fontsize=7)
-            ax.set(title=f"{ds}  λ={keys[j][1]:g}", xlabel="class b", ylabel="class a")
-    if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), label="mean s_ij", shrink=0.8)
-    return fig
-
-
-def _fig_scatter(rows: list[Row], datasets: list[str], colors: dict) -> Figure:
-    fig, axes = _panels(len(datasets))
-    all_x: list[float] = []
-    all_y: list[float] = []
-    for ax, ds in zip(axes, datasets, strict=False):
-        groups = _at_eps(rows, ds, _max_eps(rows, ds))
-        xs: list[float] = []
-        ys: list[float] = []
-        for lam, rs in groups.items():
-            x = [_f(r["shared_metric_mean"]) for r in rs]
-            y = [_f(r["uap_evasion_rate"]) for r in rs]
-            ax.scatter(x, y, color=colors[lam], label=f"λ={lam:g}", s=36, edgecolor="k", lw=0.4)
-            xs += x
-            ys += y
-        r_p, r_s = _correlations(xs, ys)
-        all_x += xs
-        all_y += ys
-        top = _eps_label(_max_eps(rows, ds))
-        ax.set(title=f"{ds} (ε={top}): Pearson r={r_p:.2f}, Spearman ρ={r_s:.2f}",
-               xlabel="shared-perturbation metric (mean s_ij)", ylabel="UAP evasion rate")
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    r_p, r_s = _correlations(all_x, all_y)
-    if len(datasets) > 1:
-        fig.suptitle(f"All {len(all_x)} models: Pearson r={r_p:.2f}, Spearman ρ={r_s:.2f}")
-    return fig
-
-
-def _fig_uap_vs_pgd(rows: list[Row], datasets: list[str]) -> Figure:
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(11.0, 4.2 * len(datasets)),
-                             squeeze=False)
-    for (ax, ax_rel), ds in zip(axes, datasets, strict=False):
-        drows = [r for r in rows if r["dataset"] == ds]
-        if not any(math.isfinite(_f(r.get("pgd_evasion_rate"))) for r in drows):
-            _no_data(ax, f"{ds}: no PGD evasion rates\n(analysis.pgd_inputs = 0 or an old run)")
-            _no_data(ax_rel, "")
-            continue
-        top = _max_eps(rows, ds)
-        groups = _at_eps(rows, ds, top)
-        lams = sorted(groups)
-        n_pgd = max((int(_f(r.get("pgd_n_inputs"))) for r in drows
-                     if math.isfinite(_f(r.get("pgd_n_inputs")))), default=0)
-        series = (("uap_evasion_rate", "UAP, test split", "o-", "C0"),
-                  ("uap_evasion_rate_pgd_inputs", f"UAP, first {n_pgd} inputs", "o:", "C0"),
-                  ("pgd_evasion_rate", f"PGD, first {n_pgd} inputs", "s--", "C3"),
-                  ("random_evasion_rate", "random ±ε, test split", "^-.", "0.5"))
-        for key, label, fmt, color in series:
-            stats = [_mean_std([_f(r.get(key)) for r in groups[lam]]) for lam in lams]
-            if all(math.isnan(m) for m, _ in stats):
-                continue
-            ax.errorbar(lams, [m for m, _ in stats], yerr=[sd for _, sd in stats], fmt=fmt,
-                        color=color, capsize=3, label=label)
-        _symlog_x(ax, lams)
-        ax.set(title=f"{ds} (ε={_eps_label(top)})", ylabel="evasion rate", ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-
-        eps_grid = _unique([_f(r["eps"]) for r in drows])
-        cmap = plt.get_cmap("plasma")
-        plotted = False
-        for i, eps in enumerate(eps_grid):
-            at = _at_eps(rows, ds, eps)
-            if 0.0 not in at:
-                continue
-            color = cmap(0.85 * i / max(len(eps_grid) - 1, 1))
-            for key, style, name in (("uap_evasion_rate", "o-", "UAP"),
-                                     ("pgd_evasion_rate", "s--", "PGD")):
-                base = _mean_std([_f(r.get(key)) for r in at[0.0]])[0]
-                if not math.isfinite(base) or base <= 0:
-                    continue
-                rel = [_mean_std([_f(r.get(key)) for r in at[lam]])[0] / base for lam in lams]
-                ax_rel.plot(lams, rel, style, color=color, ms=4,
-                            label=f"{name} ε={_eps_label(eps)}")
-                plotted = True
-        if not plotted:
-            _no_data(ax_rel, "no λ = 0 model: relative evasion undefined")
-            continue
-        ax_rel.axhline(1.0, color="k", lw=0.8)
-        _symlog_x(ax_rel, lams)
-        ax_rel.set_xlim(ax.get_xlim())
-        ax_rel.set(title=f"{ds}: evasion relative to λ = 0", ylabel="evasion(λ) / evasion(0)")
-        ax_rel.set_ylim(bottom=0)
-        ax_rel.grid(alpha=0.3)
-        ax_rel.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    return fig
-
-
-def _fig_transfer(datasets: list[str], transfer: dict[str, Any]) -> Figure:
-    fig, axes = _panels(len(datasets), width=5.6, height=5.0)
-    for ax, ds in zip(axes, datasets, strict=False):
-        entry = transfer.get(ds)
-        if not entry:
-            _no_data(ax, f"{ds}: no transfer matrix in metrics.json")
-            continue
-        mean = np.array([[_f(x) for x in line] for line in entry["matrix_mean"]], dtype=float)
-        std = np.array([[_f(x) for x in line] for line in entry["matrix_std"]], dtype=float)
-        labels = [f"{_f(lam):g}" for lam in entry["lambdas"]]
-        im = ax.imshow(mean, cmap="viridis", vmin=0.0, vmax=1.0)
-        n = len(labels)
-        multi = len(entry.get("seeds", [])) > 1
-        size = 8 if n <= 6 else 6
-        for a in range(n):
-            for b in range(n):
-                text = f"{mean[a, b]:.2f}" + (f"\n±{std[a, b]:.2f}" if multi and n <= 6 else "")
-                ax.text(b, a, text, ha="center", va="center", fontsize=size,
-                        color="k" if mean[a, b] > 0.55 else "w")
-        ax.set_xticks(range(n), labels, fontsize=8)
-        ax.set_yticks(range(n), labels, fontsize=8)
-        ax.set(xlabel="λ of the attacked model (target)",
-               ylabel="λ the UAP was crafted on (source)",
-               title=f"{ds} (ε={_eps_label(_f(entry['eps']))}, {len(entry.get('seeds', []))} "
-                     "seed(s))")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="evasion rate")
-    return fig
-
-
-def _save(fig: Figure, path: Path, dpi: int) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        if fig.get_layout_engine() is None:
-            fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    data = buffer.getvalue()
-    _write(path, data)
-    return data
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Atomic write; world-readable like a normal file (``mkstemp`` would leave it 0600)."""
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o644)
 
 
 def _read_benchmarks(paths: Sequence[str | Path]) -> dict[str, list[float]]:
@@ -502,29 +115,78 @@ def _seed_spread(claim: dict[str, Any]) -> str:
     return f"{mean:.3g} ± {std:.2g} ({n} seed{'s' if n != 1 else ''})"
 
 
+def _ci(low: Any, high: Any) -> str:
+    """'[low, high]' of a 95 % interval, '–' when it is undefined."""
+    lo, hi = _f(low), _f(high)
+    return "–" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.3g}, {hi:.3g}]"
+
+
+VERDICT_CLASS = {"holds": "ok", "fails": "bad", "inconclusive": "maybe"}
+
+
+def _verdict_cell(verdict: str | None) -> str:
+    verdict = verdict or "inconclusive"
+    return f'<td class="{VERDICT_CLASS.get(verdict, "maybe")}">{html.escape(verdict)}</td>'
+
+
 def _html_claims(claims: Sequence[dict[str, Any]]) -> str:
+    """One line per (dataset, claim): the paper's attack and the worst case side by side, each
+    with its value, 95 % bootstrap interval and verdict."""
     if not claims:
         return "<p>No claims were evaluated.</p>"
     esc = html.escape
-    body = []
+    grouped: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for c in claims:
-        mark = '<td class="ok">✓</td>' if c.get("holds") else '<td class="bad">✗</td>'
-        detail = {k: v for k, v in (c.get("detail") or {}).items() if k not in _DETAIL_ELSEWHERE}
-        cells = [c.get("id", ""), c.get("dataset", ""), c.get("statement", ""),
-                 _fmt(c.get("value")), _seed_spread(c), _fmt(c.get("threshold"))]
-        body.append("<tr>" + "".join(f"<td>{esc(str(x))}</td>" for x in cells) + mark
-                    + f"<td>{esc(_fmt(detail))}</td></tr>")
+        grouped[(str(c.get("dataset", "")), str(c.get("id", "")))][c.get("attack", "paper")] = c
+    body = []
+    for (dataset, cid), by_attack in grouped.items():
+        first = by_attack.get("paper") or next(iter(by_attack.values()))
+        detail = {k: v for k, v in (first.get("detail") or {}).items()
+                  if k not in _DETAIL_ELSEWHERE}
+        cells = "".join(f"<td>{esc(str(x))}</td>" for x in (
+            cid, dataset, first.get("statement", ""), _fmt(first.get("threshold"))))
+        for attack in ("paper", "worst"):
+            c = by_attack.get(attack)
+            if c is None:
+                cells += "<td>–</td><td>–</td><td>–</td>"
+                continue
+            interval = c.get("interval") or [None, None]
+            cells += (f"<td>{esc(_fmt(c.get('value')))}</td><td>{esc(_ci(*interval))}</td>"
+                      + _verdict_cell(c.get("verdict")))
+        cells += f"<td>{esc(_seed_spread(first))}</td><td>{esc(_fmt(detail))}</td>"
+        body.append(f"<tr>{cells}</tr>")
     head = "".join(f"<th>{esc(h)}</th>" for h in (
-        "id", "dataset", "paper's statement", "our value (from seed means)",
-        "per seed: mean ± std", "threshold", "holds", "detail"))
-    return f'<div class="wrap"><table><tr>{head}</tr>{"".join(body)}</table></div>'
+        "id", "dataset", "paper's statement", "threshold",
+        "paper attack: value", "95 % interval", "verdict",
+        "worst case: value", "95 % interval", "verdict",
+        "paper attack per seed: mean ± std", "detail (paper attack)"))
+    return (f'<div class="wrap"><table><tr>{head}</tr>{"".join(body)}</table></div>'
+            "<p>Value: from the seed means (C1, C2) or across all models (C3, C4). Interval: "
+            "95 % hierarchical bootstrap (resample seeds, then test inputs). Verdict: "
+            "<b>holds</b> when the whole interval is past the threshold, <b>fails</b> when it "
+            "is entirely short of it, <b>inconclusive</b> otherwise (C3 also fails on any "
+            "violated bound).</p>")
 
 
-def _html_gains(claims: Sequence[dict[str, Any]], rows: list[Row]) -> str:
-    """Per dataset: accuracy drop and UAP/PGD robustness gain for every lambda > 0, with the
-    C1 lambda and the accuracy-preserving lambda marked, and a one-line summary of the latter."""
+def _interval_of(intervals: dict[str, Any], dataset: str, kind: str, **match: Any) -> str:
+    """The '[low, high]' text of one entry of ``metrics["intervals"][dataset][kind]``."""
+    for entry in (intervals.get(dataset) or {}).get(kind) or []:
+        if all(entry.get(k) == v for k, v in match.items()):
+            return _ci(entry.get("low"), entry.get("high"))
+    return "–"
+
+
+def _html_gains(claims: Sequence[dict[str, Any]], rows: list[Row],
+                intervals: dict[str, Any] | None = None) -> str:
+    """Per dataset: accuracy drop and UAP/PGD robustness gain for every lambda > 0 (paper attack
+    and worst case, with 95 % intervals), with the C1 lambda and the accuracy-preserving lambda
+    marked, and a one-line summary of the latter."""
     parts = []
-    by_key = {(c.get("dataset"), c.get("id")): c for c in claims}
+    intervals = intervals or {}
+    by_key = {(c.get("dataset"), c.get("id")): c for c in claims
+              if c.get("attack", "paper") == "paper"}
+    worst_c1 = {c.get("dataset"): c for c in claims
+                if c.get("attack") == "worst" and c.get("id") == "C1"}
     for ds in _ordered_datasets(rows):
         c1, c2 = by_key.get((ds, "C1")), by_key.get((ds, "C2"))
         if not c1 or not c2 or c1.get("detail", {}).get("lambda") is None:
@@ -562,16 +224,24 @@ def _html_gains(claims: Sequence[dict[str, Any]], rows: list[Row]) -> str:
                 marks.append("accuracy-preserving")
             line = [f"{lam:g}", f"{_f(drops.get(f'{lam:g}')):.3f} ± "
                                 f"{_f(spread.get(f'{lam:g}')):.3f}"]
-            line += [_fmt(_f((d1.get("gains") or {}).get(f"lambda={lam:g},eps={e:g}")))
-                     for e in eps_grid]
+            worst_gains = ((worst_c1.get(ds) or {}).get("detail") or {}).get("gains") or {}
+            for attack, gains in (("paper", d1.get("gains") or {}), ("worst", worst_gains)):
+                if attack == "worst" and not worst_gains:
+                    continue
+                line += [f"{_fmt(_f(gains.get(f'lambda={lam:g},eps={e:g}')))} "
+                         + _interval_of(intervals, ds, "gains", attack=attack, eps=e, **{
+                             "lambda": lam}) for e in eps_grid]
             for e in eps_grid if has_pgd else []:
                 base, here = pgd[e].get(0.0, math.nan), pgd[e].get(lam, math.nan)
                 line.append(_fmt(base / max(here, floor)) if math.isfinite(base)
                             and math.isfinite(here) and max(here, floor) > 0 else "–")
             line.append(", ".join(marks))
             body.append(line)
+        has_worst = bool(((worst_c1.get(ds) or {}).get("detail") or {}).get("gains"))
         header = (["λ", "accuracy drop vs λ=0 (mean ± std)"]
-                  + [f"UAP gain ε={_eps_label(e)}" for e in eps_grid]
+                  + [f"paper-attack gain ε={_eps_label(e)}" for e in eps_grid]
+                  + ([f"worst-case gain ε={_eps_label(e)}" for e in eps_grid]
+                     if has_worst else [])
                   + ([f"PGD gain ε={_eps_label(e)}" for e in eps_grid] if has_pgd else [])
                   + ["note"])
         parts.append(_table(header, body, numeric=True))
@@ -579,28 +249,42 @@ def _html_gains(claims: Sequence[dict[str, Any]], rows: list[Row]) -> str:
         return ""
     return ("<h3>Robustness gain and accuracy cost per λ</h3><p>Gain = evasion rate of the "
             "λ = 0 model / that of the λ model, from seed means (the regularized rate floored at "
-            "one test input); accuracy drop = clean accuracy of λ = 0 minus that of λ, per seed "
-            "then mean ± std.</p>" + "".join(parts))
+            "one test input), with its 95 % bootstrap interval, for the paper's attack and for "
+            "the worst case of the attack suite; accuracy drop = clean accuracy of λ = 0 minus "
+            "that of λ, per seed then mean ± std.</p>" + "".join(parts))
 
 
-def _html_results(rows: list[Row], datasets: list[str], eps_all: list[float]) -> str:
+def _html_results(rows: list[Row], datasets: list[str], eps_all: list[float],
+                  intervals: dict[str, Any] | None = None) -> str:
+    intervals = intervals or {}
     has_pgd = any(math.isfinite(_f(r.get("pgd_evasion_rate"))) for r in rows)
+    has_worst = any(math.isfinite(_f(r.get("worst_uap_evasion_rate"))) for r in rows)
     body = []
     for ds in datasets:
         models = _by_model(rows, ds)
         per_eps = {e: _at_eps(rows, ds, e) for e in eps_all}
         top = per_eps.get(_max_eps(rows, ds)) or _at_eps(rows, ds, _max_eps(rows, ds))
         for lam in sorted(models):
-            line = [ds, f"{lam:g}", _pm([_f(r["clean_accuracy"]) for r in models[lam]])]
-            line += [_pm([_f(r["uap_evasion_rate"]) for r in per_eps[e].get(lam, [])])
-                     for e in eps_all]
+            first_eps = min(_f(r["eps"]) for r in models[lam])
+            line = [ds, f"{lam:g}",
+                    _pm([_f(r["clean_accuracy"]) for r in models[lam] if _f(r["eps"]) == first_eps])
+                    + " " + _interval_of(intervals, ds, "clean_accuracy", **{"lambda": lam})]
+            for attack, key in (("paper", "uap_evasion_rate"),
+                                ("worst", "worst_uap_evasion_rate")):
+                if attack == "worst" and not has_worst:
+                    continue
+                line += [_pm([_f(r[key]) for r in per_eps[e].get(lam, [])]) + " "
+                         + _interval_of(intervals, ds, "rates", attack=attack, eps=e,
+                                        **{"lambda": lam}) for e in eps_all]
             if has_pgd:
                 line += [_pm([_f(r.get("pgd_evasion_rate")) for r in per_eps[e].get(lam, [])])
                          for e in eps_all]
             line.append(_pm([_f(r["random_evasion_rate"]) for r in top.get(lam, [])]))
             body.append(line)
     header = (["dataset", "λ", "clean accuracy"]
-              + [f"UAP evasion ε={_eps_label(e)}" for e in eps_all])
+              + [f"paper-attack UAP evasion ε={_eps_label(e)}" for e in eps_all]
+              + ([f"worst-case UAP evasion ε={_eps_label(e)}" for e in eps_all]
+                 if has_worst else []))
     if has_pgd:
         n_pgd = sorted({int(_f(r["pgd_n_inputs"])) for r in rows
                         if math.isfinite(_f(r.get("pgd_n_inputs")))})
@@ -608,6 +292,75 @@ def _html_results(rows: list[Row], datasets: list[str], eps_all: list[float]) ->
         header += [f"PGD evasion ε={_eps_label(e)}{where}" for e in eps_all]
     header.append("random evasion, largest ε")
     return _table(header, body, numeric=True)
+
+
+def _html_suite(rows: list[Row], datasets: list[str]) -> str:
+    """Per (dataset, lambda, eps): each member's test evasion (mean over seeds) and which
+    member was the worst case in how many seeds."""
+    if not any("member_evasion_rates" in r for r in rows):
+        return ""
+    body = []
+    for ds in datasets:
+        for lam, at in sorted(_by_model(rows, ds).items()):
+            for eps in _unique([_f(r["eps"]) for r in at]):
+                cell = [r for r in at if _f(r["eps"]) == eps]
+                transfers = [_f(r.get("transfer_uap_evasion_rate")) for r in cell]
+                winners: dict[str, int] = defaultdict(int)
+                for r in cell:
+                    winners[str(r.get("worst_uap_member"))] += 1
+                body.append([ds, f"{lam:g}", _eps_label(eps),
+                             _pm([_f(r["uap_evasion_rate"]) for r in cell]),
+                             _pm([_f(r.get("strong_uap_evasion_rate")) for r in cell]),
+                             _pm(transfers), _pm([_f(r["worst_uap_evasion_rate"]) for r in cell]),
+                             ", ".join(f"{m} ×{n}" for m, n in sorted(winners.items()))])
+    return ("<h3>Attack suite</h3><p>Test evasion rate of each member (mean ± std over seeds): "
+            "the paper's SGD-UAP; the strong SGD-UAP (random restarts, two losses, decaying "
+            "step, best iterate); the transfer UAP of another λ that evades most attack-split "
+            "inputs; and the worst case, the member with the highest attack-split evasion "
+            "(chosen without reading the test split). The last column counts which member was "
+            "the worst case, over seeds.</p>"
+            + _table(["dataset", "λ", "ε", "paper", "strong", "transfer (best on attack split)",
+                      "worst case", "worst member (seeds)"], body, numeric=True))
+
+
+CHECK_TITLES = (("monotone_in_eps", "evasion non-decreasing in ε"),
+                ("transfer_below_strong", "no transfer beats own strong UAP"),
+                ("above_random", "every UAP above random ±ε"),
+                ("large_budget", "strong UAP ≥ 0.8 at ε = 1"))
+
+
+def _html_checks(checks: Sequence[dict[str, Any]]) -> str:
+    """Per model: each sanity check passing (✓) or flagged (✗ with where it failed)."""
+    if not checks:
+        return ""
+    esc = html.escape
+    body, flags = [], 0
+    for model in checks:
+        by_name = {c["name"]: c for c in model.get("checks", [])}
+        cells = "".join(f"<td>{esc(str(x))}</td>" for x in (
+            model["dataset"], f"{_f(model['lambda']):g}", model["seed"]))
+        for name, _title in CHECK_TITLES:
+            check = by_name.get(name)
+            if check is None:
+                cells += "<td>–</td>"
+            elif check["passed"]:
+                cells += '<td class="ok">✓</td>'
+            else:
+                flags += 1
+                cells += ('<td class="bad">✗</td>' if not check["where"] else
+                          f'<td class="flag">✗ {esc("; ".join(check["where"]))}</td>')
+        body.append(f"<tr>{cells}</tr>")
+    head = "".join(f"<th>{esc(h)}</th>" for h in
+                   ["dataset", "λ", "seed", *(t for _, t in CHECK_TITLES)])
+    return ("<h3>Attack sanity checks</h3><p>Carlini et al. (2019): a robustness number is only "
+            "as good as the attack. Per model: each member's evasion must not fall as ε grows "
+            "(beyond the rate's 95 % interval); no UAP transferred from another λ may beat the "
+            "model's own strong UAP beyond that UAP's 95 % interval (else the white-box attack "
+            "is under-optimized or the gradients are masked); every UAP must beat the random "
+            "±ε baseline; at ε = 1 the strong attack's zero-start run must reach 0.8 evasion. "
+            f"A flag never hides a number: all rates above are as measured. {flags} flag(s) in "
+            f"{len(checks)} models.</p>"
+            f'<div class="wrap"><table><tr>{head}</tr>{"".join(body)}</table></div>')
 
 
 def _html_provenance(metrics: dict[str, Any], seeds: list[int],
@@ -713,6 +466,27 @@ def paper_differences(config: dict[str, Any], rows: Sequence[Row]) -> list[list[
                 f"attack-split images, batch {_fmt(attack.get('batch_size'))}, β = "
                 f"{_fmt(attack.get('beta'))}, sign step {_fmt(attack.get('step_fraction'))}·ε, "
                 + ("untargeted" if target is None else f"targeted at class {target}"), ours])
+    strong = attack.get("strong") or {}
+    if target is None:
+        out.append(["attack suite: strong SGD-UAP",
+                    f"zero start + {_fmt(strong.get('restarts', 2))} random ±ε starts, each with "
+                    f"the losses {_fmt_list(strong.get('losses', ['ce', 'margin']))}, "
+                    f"{_fmt(strong.get('epochs', 10))} epochs over "
+                    f"{_n(strong.get('n_images') or attack.get('n_images'))} attack-split images, "
+                    f"cosine step {_fmt(strong.get('step_fraction', 0.8))}·ε → "
+                    f"{_fmt(strong.get('final_step_fraction', 0.05))}× that, best iterate on the "
+                    "crafting images; worst case = member (paper, strong, transfer from each "
+                    "other λ) with the highest attack-split evasion", beyond])
+        out.append(["attack sanity checks",
+                    f"monotone in ε, transfer ≤ strong, above random ±ε, strong zero-start run "
+                    f"at ε = {_fmt(strong.get('check_eps', 1.0))} "
+                    f"({_fmt(strong.get('check_epochs', 2))} epochs) ≥ 0.8 evasion", beyond])
+    boot = analysis.get("bootstrap") or {}
+    out.append(["intervals and verdicts",
+                f"95 % percentile intervals from a hierarchical bootstrap (seeds, then test "
+                f"inputs; {_n(boot.get('samples', 1000))} replicates, seed "
+                f"{_fmt(boot.get('seed', 0))}); verdict holds / fails / inconclusive from the "
+                "interval against the threshold", beyond])
     out.append(["analysis set",
                 f"first {_n(analysis.get('n_inputs'))} test inputs; "
                 f"{_n(analysis.get('n_pairs'))} random pairs; "
@@ -740,6 +514,8 @@ def paper_differences(config: dict[str, Any], rows: Sequence[Row]) -> list[list[
     out.append(["UAP transfer matrix",
                 "UAP of the λ_a model at the largest ε applied to the λ_b model of the same "
                 "dataset and seed, over the test split; mean over seeds", beyond])
+    for setting, note in (config.get("notes") or {}).items():
+        out.append([str(setting), str(note), "this profile's note (config key notes)"])
     return out
 
 
@@ -775,6 +551,8 @@ padding:3px 8px;text-align:left;vertical-align:top}table.num td{white-space:nowr
 th{background:#eee}tr:nth-child(even) td{
 background:#fafafa}table tr td.ok{color:#fff;background:#2e7d32;text-align:center;font-weight:bold}
 table tr td.bad{color:#fff;background:#c62828;text-align:center;font-weight:bold}
+table tr td.maybe{color:#222;background:#ffd54f;text-align:center;font-weight:bold}
+table tr td.flag{color:#b71c1c;background:#ffebee;font-size:12px}
 figure{margin:.5em 0 1.5em}img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;
 font-size:13px}pre{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:12px}
 code{background:#f2f2f2;padding:0 .2em}"""
@@ -790,39 +568,15 @@ def render_report(metrics_path: str | Path, eval_paths: Sequence[str | Path],
         raise ValueError(f"{metrics_path}: no result rows to report")
     claims = list(metrics.get("claims") or [])
     transfer: dict[str, Any] = metrics.get("transfer") or {}
+    intervals: dict[str, Any] = metrics.get("intervals") or {}
     evals = [json.loads(Path(p).read_text()) for p in eval_paths]
     uaps = [load_torch(p) for p in uap_paths]
     datasets = _ordered_datasets(rows)
     lambdas = _unique([_f(r["lambda"]) for r in rows])
     seeds = _unique([int(r["seed"]) for r in rows])
     eps_all = _unique([_f(r["eps"]) for r in rows])
-    colors = _lambda_colors(lambdas)
-    figures_dir = Path(figures_dir)
-    builders: dict[str, Callable[[], Figure]] = {
-        "evasion_vs_eps.png": lambda: _fig_evasion(rows, datasets, colors),
-        "clean_accuracy_vs_lambda.png": lambda: _fig_vs_lambda(
-            rows, datasets, [("clean_accuracy", "clean accuracy", "o-")], "clean accuracy", False),
-        "jacobian_norms_vs_lambda.png": lambda: _fig_vs_lambda(
-            rows, datasets, [("jacobian_frobenius", "mean ‖J(x)‖_F", "o-"),
-             ("stacked_jacobian_spectral", "‖J_X‖_2 (stacked)", "s-")], "norm", True),
-        "bounds_vs_lambda.png": lambda: _fig_vs_lambda(
-            rows, datasets, [("actual_logit_change", "actual ‖f(X+v)−f(X)‖", "o-"),
-             ("linearized_logit_change", "linearized ‖J_X v‖", "s-"),
-             ("spectral_bound", "spectral bound ‖J_X‖_2‖v‖_2", "^--"),
-             ("frobenius_bound", "Frobenius bound ‖J_X‖_F‖v‖_2", "v--")],
-            "stacked logit change", True, max_eps_only=True),
-        "uap_images.png": lambda: _fig_uaps(rows, datasets, uaps),
-        "shared_metric_heatmap.png": lambda: _fig_heatmaps(datasets, evals),
-        "metric_vs_evasion.png": lambda: _fig_scatter(rows, datasets, colors),
-        "uap_vs_pgd.png": lambda: _fig_uap_vs_pgd(rows, datasets),
-        "uap_transfer.png": lambda: _fig_transfer(datasets, transfer),
-    }
-    written: list[Path] = []
-    images: dict[str, bytes] = {}
-    for name, _, _ in FIGURES:
-        path = figures_dir / name
-        images[name] = _save(builders[name](), path, dpi)
-        written.append(path)
+    images = render_figures(rows, datasets, evals, uaps, transfer, figures_dir, dpi)
+    written = [Path(figures_dir) / name for name in images]
 
     run = str(metrics.get("run", ""))
     esc = html.escape
@@ -839,14 +593,18 @@ def render_report(metrics_path: str | Path, eval_paths: Sequence[str | Path],
              f"({esc(', '.join(map(str, seeds)))}) per dataset. Each model was attacked with a "
              f"universal perturbation at every L∞ budget ε ∈ {{"
              f"{esc(', '.join(map(_eps_label, eps_all)))}}} and compared with a random ±ε "
-             f"perturbation and, input by input, with PGD; the UAP of each λ was also applied to "
-             f"the models of every other λ (transfer). Jacobian norms, the linear bounds and the "
-             f"shared-perturbation metric were measured on the analysis set.</p>",
-             "<h2>Claims</h2>", _html_claims(claims), _html_gains(claims, rows),
+             f"perturbation and, input by input, with PGD. Beside the paper's SGD-UAP, an attack "
+             f"suite (a strong SGD-UAP with restarts, and the UAPs of every other λ) gives each "
+             f"model's worst-case UAP evasion; claims are checked with both, with 95 % "
+             f"bootstrap intervals and attack sanity checks. Jacobian norms, the linear bounds "
+             f"and the shared-perturbation metric were measured on the analysis set.</p>",
+             "<h2>Claims</h2>", _html_claims(claims), _html_gains(claims, rows, intervals),
              "<h2>Results</h2>",
-             "<p>Mean ± standard deviation over seeds. Evasion rate = fraction of test inputs "
-             "misclassified with the perturbation added.</p>",
-             _html_results(rows, datasets, eps_all), "<h2>Figures</h2>"]
+             "<p>Mean ± standard deviation over seeds, then the 95 % hierarchical bootstrap "
+             "interval of the seed mean (resample seeds, then test inputs). Evasion rate = "
+             "fraction of test inputs misclassified with the perturbation added.</p>",
+             _html_results(rows, datasets, eps_all, intervals), _html_suite(rows, datasets),
+             _html_checks(metrics.get("checks") or []), "<h2>Figures</h2>"]
     for name, heading, caption in FIGURES:
         b64 = base64.b64encode(images[name]).decode("ascii")
         parts.append(f"<h3>{esc(heading)}</h3><figure><img src=\"data:image/png;base64,{b64}\" "

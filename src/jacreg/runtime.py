@@ -6,10 +6,14 @@ import logging
 import os
 import random
 import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
 
 
@@ -55,11 +59,17 @@ def setup_logging(stage: str) -> logging.Logger:
     return logging.getLogger(f"jacreg.{stage}")
 
 
-def environment_info() -> dict[str, str]:
-    """Versions and hardware, recorded in metrics.json and the report's provenance block."""
+def environment_info() -> dict[str, Any]:
+    """Versions and hardware, recorded in metrics.json and the report's provenance block.
+
+    ``lock`` compares every installed package with requirements.lock
+    (:func:`jacreg.lockfile.lock_status`): ``matches_lock`` and the ``differences``.
+    """
     import platform
 
-    info = {
+    from jacreg.lockfile import lock_status
+
+    info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -76,4 +86,34 @@ def environment_info() -> dict[str, str]:
             info[package] = version(package)
         except Exception:  # noqa: BLE001 - a missing optional package is recorded as such
             info[package] = "not installed"
+    info["lock"] = lock_status()
     return info
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None,
+             disable: bool = False, every: float = 0.1) -> Iterable[T]:
+    """Iterate with a progress report: a tqdm bar on a terminal; in a log file (Snakemake's
+    ``log:`` redirect) one plain log line per ``every`` of the way, never carriage returns."""
+    if disable:
+        return iterable
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False)
+    return _log_progress(iterable, desc, total, every)
+
+
+def _log_progress(iterable: Iterable[T], desc: str, total: int | None,
+                  every: float) -> Iterator[T]:
+    if total is None:
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+    log = logging.getLogger("jacreg.progress")
+    started, next_mark, count = time.perf_counter(), every, 0
+    for item in iterable:
+        yield item
+        count += 1
+        if total and (count / total >= next_mark - 1e-9 or count == total):
+            log.info("%s: %3.0f%% (%d/%d) %.1f s", desc, 100 * count / total, count, total,
+                     time.perf_counter() - started)
+            while next_mark <= count / total + 1e-9:
+                next_mark += every

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from jacreg import runtime
 from jacreg.data import DatasetSpec
 from jacreg.io import load_torch, save_torch
 from jacreg.jacobian import jacobian_penalty
@@ -177,9 +177,9 @@ def train_model(x: torch.Tensor, y: torch.Tensor, spec: DatasetSpec, settings: d
         started = time.perf_counter()
         sums = {"loss": 0.0, "cross_entropy": 0.0, "jacobian_penalty": 0.0, "correct": 0.0}
         batches = index_batches(x, y, batch_size, generators["order"])
-        for xb, yb in tqdm(batches, total=(n + batch_size - 1) // batch_size,
-                           desc=f"epoch {epoch + 1}/{settings['epochs']}",
-                           disable=not progress, leave=False):
+        for xb, yb in runtime.progress(batches, total=(n + batch_size - 1) // batch_size,
+                                       desc=f"epoch {epoch + 1}/{settings['epochs']}",
+                                       disable=not progress, every=0.25):
             if settings.get("augment"):
                 xb = random_crop_flip(xb, generators["augment"])
             loss, ce, penalty, logits = train_step(model, optimizer, xb, yb, lam, n_proj,
