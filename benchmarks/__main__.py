@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import bench_jacobian, bench_train, bench_uap, bench_workflow
+from benchmarks import bench_jacobian, bench_suite, bench_train, bench_uap, bench_workflow
 from benchmarks.common import Context, Row, hardware, load_average, table
 
-SECTIONS = {"train": bench_train.run, "uap": bench_uap.run, "jacobian": bench_jacobian.run,
-            "workflow": bench_workflow.run}
+SECTIONS = {"train": bench_train.run, "uap": bench_uap.run, "suite": bench_suite.run,
+            "jacobian": bench_jacobian.run, "workflow": bench_workflow.run}
 DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

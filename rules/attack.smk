@@ -9,7 +9,9 @@ rule attack:
     output:
         f"{RESULTS}/uaps/{{dataset}}/lam{{lam}}_seed{{seed}}.pt",
     params:
-        settings=as_json({k: v for k, v in config["attack"].items() if k != "device"}),
+        settings=as_json(
+            {k: v for k, v in config["attack"].items() if k not in ("device", "select_images")}
+        ),
         eps=lambda wc: as_json(config["epsilons"][wc.dataset]),
         lam=lambda wc: LAMBDAS[wc.lam],
         device=device_of("attack"),

@@ -60,7 +60,7 @@ rule attack_suite:
         outcomes=f"{RESULTS}/suite/{{dataset}}/seed{{seed}}.outcomes.pt",
     params:
         lambdas=as_json(list(LAMBDAS.values())),
-        attack_images=config["attack"]["n_images"],
+        attack_images=config["attack"].get("select_images") or config["attack"]["n_images"],
         batch_size=config["analysis"]["batch_size"],
         device=device_of("analysis"),
     log:

@@ -124,7 +124,10 @@ def run(tmp_path: Path) -> dict[str, Any]:
     rows = [_row(lam, seed, eps) for lam in LAMBDAS for seed in SEEDS for eps in EPS]
     metrics = {
         "run": RUN_NAME, "git_commit": "abc123", "config_sha256": "f" * 64,
-        "environment": {"python": "3.11", "torch": "2.x", "threads": "4",
+        "environment": {"lock": {"lock_file": "requirements.lock", "matches_lock": False,
+                                 "differences": [{"name": "numpy", "locked": "2.4.6",
+                                                  "installed": "2.5.0"}]},
+                        "python": "3.11", "torch": "2.x", "threads": "4",
                         "interop_threads": "2"},
         "config": CONFIG, "rows": rows, "claims": CLAIMS, "transfer": TRANSFER,
         "intervals": INTERVALS, "checks": CHECKS,
@@ -233,6 +236,9 @@ def test_results_show_paper_and_worst_case_with_intervals(run: dict[str, Any]) -
     assert "worst-case UAP evasion ε=0.3" in results
     assert results.count("[0.0123, 0.988]") == 2 * 2 * 2  # 2 attacks x 2 lambdas x 2 eps
     assert results.count("[0.5, 0.99]") == 2  # clean accuracy per lambda
+    suite = page[page.index("<h3>Attack suite</h3>"):page.index("<h3>Attack sanity checks</h3>")]
+    assert suite.count("<tr><td>mnist5k</td>") == 2 * 2  # every (lambda, eps)
+    assert "<td>0.5</td><td>0.3</td>" in suite and "strong ×2" in suite
     gains = page[page.index("Robustness gain and accuracy cost"):page.index("<h2>Results</h2>")]
     assert "worst-case gain ε=0.3" in gains and gains.count("[1.25, 2.5]") == 4
 
@@ -255,6 +261,9 @@ def test_stage_times(run: dict[str, Any]) -> None:
     assert re.search(r"<tr><td>attack</td><td>1</td><td>–</td>", prov)  # NA is tolerated
     assert re.search(r"<tr><td>total</td><td>4</td><td>9\.2", prov)
     assert "interop_threads" in prov and "f" * 64 in prov
+    # drift from the lock: one line in the table, then every differing package
+    assert "differs from the lock (requirements.lock) in 1 package: numpy 2.4.6→2.5.0" in prov
+    assert "<td>numpy</td><td>2.4.6</td><td>2.5.0</td>" in prov
 
 
 def test_run_name_is_escaped(run: dict[str, Any]) -> None:

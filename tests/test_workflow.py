@@ -233,3 +233,26 @@ def test_one_core_run_gives_identical_metrics(finished_run: Path, tmp_path: Path
     assert first["claims"] == second["claims"]
     assert first["config_sha256"] == second["config_sha256"]
     assert {r["train_threads"] for r in first["rows"]} == {1}
+
+
+def test_paper_fashion_profile_validates_and_plans_the_paper_grid(tmp_path: Path) -> None:
+    """configs/paper-fashion.yaml: the paper grid on Fashion-MNIST (18 models of the paper CNN,
+    20 epochs), prepared from a local directory; a dry run needs no data and no GPU."""
+    workdir = copy_workflow(tmp_path)
+    source = tmp_path / "fashion-mnist"
+    source.mkdir()  # a local source must exist; the dry run reads none of its files
+    (workdir / "here.yaml").write_text(yaml.safe_dump(
+        {"data": {"sources": {"fashion_mnist": str(source)}}}))
+    proc = snakemake(workdir, "-n", "-p", "--cores", "1", "--configfile",
+                     "configs/paper-fashion.yaml", "here.yaml")
+    counts = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts["train"] == 6 * 3 and counts["attack"] == 18 and counts["evaluate"] == 18
+    assert counts["attack_suite"] == 3 and counts["prepare_data"] == 1
+    assert "results/paper-fashion/models/fashion_mnist/lam0.05_seed2.pt" in proc.stdout
+    train_cmds = [ln for ln in proc.stdout.splitlines() if "jacreg.cli train" in ln]
+    assert len(train_cmds) == 18
+    assert all('"architecture": "cnn"' in ln and '"epochs": 20' in ln for ln in train_cmds)

@@ -35,8 +35,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     runtime.setup_logging("prepare")
     runtime.set_threads(args.threads)
-    sources = json.loads(args.sources) if args.sources else {}
-    digests = json.loads(args.digests) if args.digests else {}
+    try:
+        sources = json.loads(args.sources) if args.sources else {}
+        digests = json.loads(args.digests) if args.digests else {}
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"jacreg prepare: --sources / --digests is not valid JSON: {error}") \
+            from error
     if not isinstance(sources, dict) or not isinstance(digests, dict):
         raise SystemExit("jacreg prepare: --sources and --digests must be JSON mappings "
                          "dataset -> source, dataset -> {file name: sha256}")

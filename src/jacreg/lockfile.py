@@ -91,7 +91,7 @@ def parse_lock(text: str) -> list[LockedPackage]:
             in_via = False
             continue
         comment = stripped.lstrip("#").strip()
-        if comment.startswith("via"):
+        if comment == "via" or comment.startswith("via "):
             rest = comment[3:].strip()
             if rest:
                 entries[-1]["via"].append(rest)

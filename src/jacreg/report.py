@@ -26,6 +26,7 @@ from jacreg.config import train_settings
 from jacreg.data import REGISTRY
 from jacreg.figures import FIGURES, render_figures
 from jacreg.io import load_torch
+from jacreg.lockfile import describe as describe_lock
 from jacreg.report_data import (
     Row,
     _at_eps,
@@ -265,9 +266,7 @@ def _html_results(rows: list[Row], datasets: list[str], eps_all: list[float],
         per_eps = {e: _at_eps(rows, ds, e) for e in eps_all}
         top = per_eps.get(_max_eps(rows, ds)) or _at_eps(rows, ds, _max_eps(rows, ds))
         for lam in sorted(models):
-            first_eps = min(_f(r["eps"]) for r in models[lam])
-            line = [ds, f"{lam:g}",
-                    _pm([_f(r["clean_accuracy"]) for r in models[lam] if _f(r["eps"]) == first_eps])
+            line = [ds, f"{lam:g}", _pm([_f(r["clean_accuracy"]) for r in models[lam]])
                     + " " + _interval_of(intervals, ds, "clean_accuracy", **{"lambda": lam})]
             for attack, key in (("paper", "uap_evasion_rate"),
                                 ("worst", "worst_uap_evasion_rate")):
@@ -301,9 +300,11 @@ def _html_suite(rows: list[Row], datasets: list[str]) -> str:
         return ""
     body = []
     for ds in datasets:
-        for lam, at in sorted(_by_model(rows, ds).items()):
-            for eps in _unique([_f(r["eps"]) for r in at]):
-                cell = [r for r in at if _f(r["eps"]) == eps]
+        eps_grid = _unique([_f(r["eps"]) for r in rows if r["dataset"] == ds])
+        per_eps = {eps: _at_eps(rows, ds, eps) for eps in eps_grid}
+        for lam in sorted(_by_model(rows, ds)):
+            for eps in eps_grid:
+                cell = per_eps[eps].get(lam, [])
                 transfers = [_f(r.get("transfer_uap_evasion_rate")) for r in cell]
                 winners: dict[str, int] = defaultdict(int)
                 for r in cell:
@@ -377,15 +378,22 @@ def _html_provenance(metrics: dict[str, Any], seeds: list[int],
     hms = f"{int(total // 3600)}:{int(total % 3600 // 60):02d}:{int(total % 60):02d}"
     stage_rows.append(["total", str(len(benchmark_paths)), f"{total:.1f} ({hms})", ""])
     threads = {k: v for k, v in env.items() if "thread" in str(k).lower()}
+    lock = env.get("lock")
     return "".join([
         _table(["item", "value"],
                [["run", str(metrics.get("run", ""))],
                 ["git commit", str(metrics.get("git_commit", ""))],
                 ["config SHA-256", str(metrics.get("config_sha256", ""))],
                 ["seeds", _fmt(config.get("seeds", seeds))],
-                ["threads", _fmt(threads) if threads else "not recorded"]]),
+                ["threads", _fmt(threads) if threads else "not recorded"],
+                ["packages", describe_lock(lock) if lock else "not recorded"]]),
         "<h3>Environment</h3>",
-        _table(["key", "value"], [[str(k), _fmt(v)] for k, v in sorted(env.items())]),
+        _table(["key", "value"],
+               [[str(k), _fmt(v)] for k, v in sorted(env.items()) if k != "lock"]),
+        *(["<h3>Packages that differ from the lock</h3>",
+           _table(["package", "locked", "installed"],
+                  [[d["name"], d["locked"] or "not in the lock", d["installed"] or "not installed"]
+                   for d in lock["differences"]])] if lock and lock.get("differences") else []),
         "<h3>Time per stage</h3><p>Wall-clock seconds from the Snakemake benchmark files (one "
         "per job).</p>",
         _table(["stage", "jobs", "sum [s]", "max [s]"], stage_rows),
@@ -476,7 +484,9 @@ def paper_differences(config: dict[str, Any], rows: Sequence[Row]) -> list[list[
                     f"cosine step {_fmt(strong.get('step_fraction', 0.8))}·ε → "
                     f"{_fmt(strong.get('final_step_fraction', 0.05))}× that, best iterate on the "
                     "crafting images; worst case = member (paper, strong, transfer from each "
-                    "other λ) with the highest attack-split evasion", beyond])
+                    "other λ) with the highest evasion on the first "
+                    f"{_n(attack.get('select_images') or attack.get('n_images'))} attack-split "
+                    "images", beyond])
         out.append(["attack sanity checks",
                     f"monotone in ε, transfer ≤ strong, above random ±ε, strong zero-start run "
                     f"at ε = {_fmt(strong.get('check_eps', 1.0))} "
