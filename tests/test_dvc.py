@@ -4,6 +4,10 @@ One reduced quick run (`dvc repro quick` in a temporary git repository holding a
 workflow) is shared by the module; each story works on its own copy of that finished repository
 (``copytree`` keeps mtimes, the DVC cache and Snakemake's ``.snakemake`` metadata), so the
 stories do not depend on each other or on their order.
+
+The run is published the way docs/versioning.md says: ``cached: quick: true`` in dvc.yaml, so
+that its data and models are cached, while the other profile stages (fashion_mnist_data,
+fashion, paper) stay unpublished, as in a repository where only some profiles were ever run.
 """
 
 from __future__ import annotations
@@ -91,6 +95,53 @@ def make_repo(dest: Path) -> Path:
     return dest
 
 
+def publication_errors(root: Path) -> list[str]:
+    """Where dvc.yaml's ``cached`` flags disagree with dvc.lock (docs/versioning.md).
+
+    A published stage (``cached: STAGE: true``) caches its large outputs, so dvc.lock must hold
+    the hash of each: a plain `dvc pull` fails ("Checkout failed") on one it has none for. An
+    unpublished stage caches nothing and must have no dvc.lock entry: a committed run whose
+    data and models never reach the remote is what publishing prevents.
+    """
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    (cached,) = [entry["cached"] for entry in pipeline["vars"]
+                 if isinstance(entry, dict) and "cached" in entry]
+    lock_file = root / "dvc.lock"
+    locked = yaml.safe_load(lock_file.read_text())["stages"] if lock_file.exists() else {}
+    errors = []
+    if set(cached) != set(pipeline["stages"]):
+        errors.append(f"vars: cached: names {sorted(cached)}, the stages are "
+                      f"{sorted(pipeline['stages'])}")
+    for name, stage in pipeline["stages"].items():
+        outs = {}
+        for item in stage.get("outs", []) + stage.get("metrics", []):
+            outs.update(item if isinstance(item, dict) else {item: None})
+        in_cache = [path for path, opts in outs.items() if (opts or {}).get("cache", True)]
+        hashed = {out["path"] for out in locked.get(name, {}).get("outs", []) if "md5" in out}
+        if cached.get(name):
+            if not in_cache:
+                errors.append(f"{name}: published, but none of its outputs is cached")
+            if missing := [path for path in in_cache if path not in hashed]:
+                errors.append(f"{name}: published, but dvc.lock has no hash of {missing}: "
+                              "a plain `dvc pull` fails; run `dvc repro` and commit dvc.lock")
+        else:
+            if in_cache:
+                errors.append(f"{name}: not published, but caches {in_cache}")
+            if name in locked:
+                errors.append(f"{name}: dvc.lock holds its run, but it is not published: its "
+                              "data and models stay out of `dvc push`; publish it")
+    return errors
+
+
+def publish(repo: Path, stage: str) -> None:
+    """docs/versioning.md's publishing step: ``cached: STAGE: true`` in dvc.yaml."""
+    pipeline = repo / "dvc.yaml"
+    text = pipeline.read_text()
+    anchor = f"&{stage}_cached"
+    assert text.count(f"{anchor} false") == 1, stage
+    pipeline.write_text(text.replace(f"{anchor} false", f"{anchor} true"))
+
+
 def copy_repo(src: Path, dest: Path) -> Path:
     # copy2 keeps the mtimes Snakemake compares; .snakemake/ and .dvc/cache come along
     shutil.copytree(src, dest, symlinks=True)
@@ -100,15 +151,26 @@ def copy_repo(src: Path, dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = make_repo(tmp_path_factory.mktemp("dvc") / "repo")
-    run(repo, "dvc", "repro", "quick")
-    run(repo, "git", "add", "dvc.lock", "reports/quick")
+    publish(repo, "quick")
+    proc = run(repo, "dvc", "repro", "quick")
+    assert "is not published" not in proc.stderr
+    run(repo, "git", "add", "dvc.yaml", "dvc.lock", "reports/quick")
     run(repo, "git", "commit", "-qm", "quick run")
     return repo
 
 
+def test_dvc_yaml_publishes_only_stages_with_a_lock_entry() -> None:
+    # this repository as it is: a plain `dvc pull` of a clone must not fail on a stage that
+    # claims cached outputs without their hashes, and no committed run may miss the remote
+    assert publication_errors(REPO) == []
+
+
 @pytest.mark.workflow
 def test_repro_tracks_outputs_and_records_params_and_metrics(finished_run: Path) -> None:
-    lock = yaml.safe_load((finished_run / "dvc.lock").read_text())["stages"]["quick"]
+    locked = yaml.safe_load((finished_run / "dvc.lock").read_text())["stages"]
+    assert set(locked) == {"quick"}  # the only profile run here
+    assert publication_errors(finished_run) == []
+    lock = locked["quick"]
     assert lock["params"]["configs/quick.yaml"]["lambdas"] == [0.0, 1.0]
     outs = {out["path"] for out in lock["outs"]}
     assert {"data/prepared/mnist5k.pt", "results/quick", "reports/quick/metrics.json",
@@ -142,18 +204,47 @@ def test_collaborator_pulls_models_and_uaps_from_a_remote(finished_run: Path,
     origin = copy_repo(finished_run, tmp_path / "origin")
     run(origin, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
     run(origin, "git", "commit", "-qam", "local remote")
-    run(origin, "dvc", "push", "quick")
+    run(origin, "dvc", "push")  # every published stage: here quick
 
-    clone = tmp_path / "clone"
-    run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
-    assert not (clone / "results").exists()
-    run(clone, "dvc", "pull", "quick")
     pulled = [p.relative_to(origin) for kind in ("models", "uaps")
               for p in sorted((origin / "results/quick" / kind).rglob("*.pt"))]
     assert len(pulled) == 4
-    for rel in [*pulled, Path("data/prepared/mnist5k.pt")]:
+    pulled.append(Path("data/prepared/mnist5k.pt"))
+
+    # a plain `dvc pull`, although fashion_mnist_data, fashion and paper never ran: being
+    # unpublished, they cache nothing, and pull has nothing to check out for them
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
+    assert not (clone / "results").exists()
+    proc = run(clone, "dvc", "pull", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Checkout failed" not in proc.stdout + proc.stderr
+    for rel in pulled:
         assert (clone / rel).read_bytes() == (origin / rel).read_bytes(), rel
+    assert sorted(p.name for p in (clone / "results").iterdir()) == ["quick"]
     assert "up to date" in run(clone, "dvc", "status", "quick").stdout
+    # `dvc pull quick` still works, in a clone of its own
+    only_quick = tmp_path / "only-quick"
+    run(tmp_path, "git", "clone", "-q", str(origin), str(only_quick))
+    run(only_quick, "dvc", "pull", "quick")
+    for rel in pulled:
+        assert (only_quick / rel).read_bytes() == (origin / rel).read_bytes(), rel
+
+    # the fashion profile's stages exist and validate without any of their data: fashion and
+    # paper depend on fashion_mnist_data, which owns data/prepared/fashion_mnist.pt
+    stages = run(clone, "dvc", "stage", "list").stdout
+    assert {line.split()[0] for line in stages.splitlines()} == {
+        "quick", "fashion_mnist_data", "fashion", "paper"}
+    status = {" ".join(line.split()) for line in
+              run(clone, "dvc", "status", "fashion").stdout.splitlines()}
+    assert {"deleted: results/fashion", "deleted: reports/fashion/metrics.json",
+            "deleted: data/prepared/fashion_mnist.pt"} <= status  # the last: a dependency
+    dag = run(clone, "dvc", "dag", "--dot").stdout.splitlines()
+    assert {'"fashion_mnist_data" -> "fashion";', '"fashion_mnist_data" -> "paper";'} <= set(dag)
+    dry = run(clone, "dvc", "repro", "--dry", "fashion_mnist_data")
+    assert "fashion_mnist_data false data/prepared/fashion_mnist.pt" in dry.stdout
+    metrics = json.loads(run(clone, "dvc", "metrics", "show", "--json").stdout)
+    assert metrics[""]["data"]["reports/quick/metrics.json"]["data"]["run"] == "quick"
 
     # The clone has no .snakemake/ metadata, and the pulled files carry fresh mtimes in
     # checkout order. Snakemake alone may then plan reruns of attacks (an input looks newer
