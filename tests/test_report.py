@@ -397,3 +397,19 @@ def test_run_without_pgd_or_transfer_still_renders(run: dict[str, Any]) -> None:
     assert len(written) == 9
     assert all(p.read_bytes()[:8] == PNG_SIGNATURE for p in written)
     assert "PGD evasion" not in page[page.index("<h2>Results</h2>"):]
+
+
+def test_workflow_wall_time_is_the_span_of_the_jobs(tmp_path: Path) -> None:
+    import os
+
+    from jacreg.report import _job_span
+
+    paths = []
+    # (job end time, job seconds): the first starts at 1000 - 50 = 950, the last ends at 1300
+    for i, (end, seconds) in enumerate([(1000.0, 50.0), (1300.0, 200.0), (1200.0, 10.0)]):
+        path = tmp_path / f"job{i}.tsv"
+        path.write_text(f"{BENCH_HEADER}\n{seconds}\t0:00:00\t1\t1\t1\t1\t0\t0\t0\t1\n")
+        os.utime(path, (end, end))
+        paths.append(path)
+    assert _job_span(paths) == pytest.approx(1300.0 - 950.0)
+    assert _job_span([]) is None

@@ -70,6 +70,27 @@ def _read_benchmarks(paths: Sequence[str | Path]) -> dict[str, list[float]]:
     return dict(sorted(stages.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
+def _hms(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def _job_span(paths: Sequence[str | Path]) -> float | None:
+    """Seconds from the earliest job start to the latest job end: a benchmark file is written
+    when its job ends (its mtime) and records the job's wall seconds (column ``s``)."""
+    starts, ends = [], []
+    for p in map(Path, paths):
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        if len(lines) < 2:
+            continue
+        header, fields = lines[0].split("\t"), lines[1].split("\t")
+        seconds = _f(fields[header.index("s")]) if "s" in header else math.nan
+        if math.isfinite(seconds):
+            end = p.stat().st_mtime
+            starts.append(end - seconds)
+            ends.append(end)
+    return max(ends) - min(starts) if ends else None
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -375,8 +396,8 @@ def _html_provenance(metrics: dict[str, Any], seeds: list[int],
         total += sum(valid)
         stage_rows.append([stage, str(len(secs)), f"{sum(valid):.1f}" if valid else "–",
                            f"{max(valid):.1f}" if valid else "–"])
-    hms = f"{int(total // 3600)}:{int(total % 3600 // 60):02d}:{int(total % 60):02d}"
-    stage_rows.append(["total", str(len(benchmark_paths)), f"{total:.1f} ({hms})", ""])
+    stage_rows.append(["total", str(len(benchmark_paths)), f"{total:.1f} ({_hms(total)})", ""])
+    span = _job_span(benchmark_paths)
     threads = {k: v for k, v in env.items() if "thread" in str(k).lower()}
     lock = env.get("lock")
     return "".join([
@@ -386,6 +407,12 @@ def _html_provenance(metrics: dict[str, Any], seeds: list[int],
                 ["config SHA-256", str(metrics.get("config_sha256", ""))],
                 ["seeds", _fmt(config.get("seeds", seeds))],
                 ["threads", _fmt(threads) if threads else "not recorded"],
+                ["hardware", f"{env.get('cpu_model') or env.get('processor', '?')}, "
+                             f"{env.get('cpu_count', '?')} cores, GPU: {env.get('gpu', 'none')}"],
+                ["workflow wall time",
+                 "not recorded" if span is None else
+                 f"{span:.0f} s ({_hms(span)}): from the start of the first job to the end of "
+                 "the last one before this report, from the benchmark files' times"],
                 ["packages", describe_lock(lock) if lock else "not recorded"]]),
         "<h3>Environment</h3>",
         _table(["key", "value"],

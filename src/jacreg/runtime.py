@@ -59,6 +59,20 @@ def setup_logging(stage: str) -> logging.Logger:
     return logging.getLogger(f"jacreg.{stage}")
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_info() -> dict[str, Any]:
     """Versions and hardware, recorded in metrics.json and the report's provenance block.
 
@@ -75,6 +89,7 @@ def environment_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "cuda": torch.version.cuda or "none",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
