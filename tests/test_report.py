@@ -412,4 +412,8 @@ def test_workflow_wall_time_is_the_span_of_the_jobs(tmp_path: Path) -> None:
         os.utime(path, (end, end))
         paths.append(path)
     assert _job_span(paths) == pytest.approx(1300.0 - 950.0)
+    late = tmp_path / "aggregate.tsv"  # rerun an hour later: not part of the span
+    late.write_text(f"{BENCH_HEADER}\n2.0\t0:00:02\t1\t1\t1\t1\t0\t0\t0\t1\n")
+    os.utime(late, (5000.0, 5000.0))
+    assert _job_span([*paths, late]) == pytest.approx(1300.0 - 950.0)
     assert _job_span([]) is None

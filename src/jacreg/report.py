@@ -76,9 +76,13 @@ def _hms(seconds: float) -> str:
 
 def _job_span(paths: Sequence[str | Path]) -> float | None:
     """Seconds from the earliest job start to the latest job end: a benchmark file is written
-    when its job ends (its mtime) and records the job's wall seconds (column ``s``)."""
+    when its job ends (its mtime) and records the job's wall seconds (column ``s``). The
+    aggregate and report jobs (seconds, and rerun alone after a change of the report) are left
+    out, so re-rendering a report later does not stretch the span."""
     starts, ends = [], []
     for p in map(Path, paths):
+        if p.stem in ("aggregate", "report"):
+            continue
         lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
         if len(lines) < 2:
             continue
@@ -412,7 +416,7 @@ def _html_provenance(metrics: dict[str, Any], seeds: list[int],
                 ["workflow wall time",
                  "not recorded" if span is None else
                  f"{span:.0f} s ({_hms(span)}): from the start of the first job to the end of "
-                 "the last one before this report, from the benchmark files' times"],
+                 "the last one before aggregation, from the benchmark files' times"],
                 ["packages", describe_lock(lock) if lock else "not recorded"]]),
         "<h3>Environment</h3>",
         _table(["key", "value"],
