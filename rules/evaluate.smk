@@ -75,7 +75,7 @@ rule attack_suite:
     shell:
         "{JACREG} suite --dataset {wildcards.dataset:q} --seed {wildcards.seed} "
         "--lambdas {params.lambdas:q} --checkpoints {input.checkpoints:q} "
-        "--uaps {input.uaps:q} --data {input.data:q} --attack-images {params.attack_images} "
+        "--uaps {input.uaps:q} --data {input.data:q} --attack-images {params.attack_images:q} "
         "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} "
         "--out {output.summary:q} --outcomes {output.outcomes:q} > {log:q} 2>&1"
 
