@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from jacreg.runtime import cpu_model
+
 
 @dataclass
 class Context:
@@ -104,17 +106,6 @@ def ratio_row(section: str, name: str, samples: dict[str, list[float]], candidat
                         "samples_s": {k: [round(v, 6) for v in vals]
                                       for k, vals in samples.items()},
                         **(details or {})})
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hardware(device: torch.device) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_uap import _two_class_problem
 from torch import nn
 
 from jacreg.attack_checks import LARGE_BUDGET_MIN, half_width, model_checks
@@ -36,20 +37,8 @@ FAST = StrongSettings(restarts=2, epochs=3, check_epochs=1)
 
 def _linear_two_class(seed: int = 0, n: int = 96):
     """Logits [0, w.x + b] with every clean input class 0; the optimal L-inf UAP is eps sign(w)
-    (it raises w.x by eps ||w||_1 for every input at once)."""
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(D, generator=gen)
-    w[w.abs() < 0.1] += 0.5
-    x = 0.25 + 0.5 * torch.rand((n, *SHAPE), generator=gen)
-    scores = x.reshape(n, -1) @ w
-    b = -float(scores.max()) - 0.5 * EPS * float(w.abs().sum())
-    model = nn.Sequential(nn.Flatten(), nn.Linear(D, 2))
-    with torch.no_grad():
-        model[1].weight.zero_()
-        model[1].bias.zero_()
-        model[1].weight[1] = w
-        model[1].bias[1] = b
-    return model, x, torch.zeros(n, dtype=torch.long), w, b
+    (it raises w.x by eps ||w||_1 for every input at once): the problem of tests/test_uap.py."""
+    return _two_class_problem(n=n, seed=seed)
 
 
 class _DeadAtZero(nn.Module):

@@ -59,7 +59,7 @@ def setup_logging(stage: str) -> logging.Logger:
     return logging.getLogger(f"jacreg.{stage}")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor."""
     import platform
 
@@ -89,7 +89,7 @@ def environment_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "cuda": torch.version.cuda or "none",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
