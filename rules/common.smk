@@ -53,3 +53,6 @@ def as_json(value):
 
 def device_of(section):
     return config[section].get("device", "auto")
+
+
+include: "cluster.smk"

@@ -7,7 +7,9 @@
 #
 # Needs root (Debian/Ubuntu: apt-get). The node advertises this machine's CPUs and memory and a
 # generic resource gpu:1 with no device behind it, so jobs that ask for a GPU are scheduled;
-# on such a node jobs run on the CPU (device: auto). State lives in $JACREG_SLURM_DIR
+# on such a node jobs run on the CPU (device: auto). Like a strictly configured site, the
+# controller refuses at submission a job that no node of its partition can run
+# (EnforcePartLimits=ALL) instead of leaving it PENDING forever. State lives in $JACREG_SLURM_DIR
 # (default /tmp/jacreg-slurm); /etc/slurm/slurm.conf is written (a previous one is backed up).
 set -euo pipefail
 
@@ -71,6 +73,7 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=600
 SlurmdTimeout=60
+EnforcePartLimits=ALL
 GresTypes=gpu
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
