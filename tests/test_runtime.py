@@ -1,10 +1,12 @@
-"""Tests for :mod:`jacreg.runtime`: progress reporting in log files vs on a terminal."""
+"""Tests for :mod:`jacreg.runtime` (progress in log files vs on a terminal) and provenance."""
 
 from __future__ import annotations
 
 import io
 import logging
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,27 @@ def test_progress_line_count(monkeypatch, caplog, n, every, expected):
     with caplog.at_level(logging.INFO, logger="jacreg.progress"):
         list(runtime.progress(iter(range(n)), desc="d", total=n, every=every))
     assert len([r for r in caplog.records if r.name == "jacreg.progress"]) == expected
+
+
+def test_git_commit_is_dirty_only_for_changes_outside_reports(tmp_path: Path) -> None:
+    """The run rewrites its committed report files; only other changes make it "-dirty"."""
+    from jacreg.cli import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "reports" / "quick").mkdir(parents=True)
+    (tmp_path / "reports" / "quick" / "metrics.json").write_text("{}\n")
+    (tmp_path / "Snakefile").write_text("# rules\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    head = git("rev-parse", "HEAD")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "reports" / "quick" / "metrics.json").unlink()  # as Snakemake does before a job
+    (tmp_path / "untracked.txt").write_text("x")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "Snakefile").write_text("# changed\n")
+    assert git_commit(tmp_path) == head + "-dirty"

@@ -177,12 +177,17 @@ def cmd_suite(args: argparse.Namespace) -> None:
              len(lambdas), len(summary["eps_list"]), time.perf_counter() - started)
 
 
-def _git_commit() -> str:
+def git_commit(cwd: str | Path | None = None) -> str:
+    """HEAD's commit, with ``-dirty`` when a tracked file outside ``reports/`` differs from it.
+
+    ``reports/`` is left out: the run itself rewrites the committed report files there (and
+    Snakemake deletes a job's old outputs before the job runs), so every run would be "dirty"."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                                check=True, timeout=10, cwd=cwd).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)reports"], capture_output=True, text=True,
+                               timeout=10, cwd=cwd).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -199,7 +204,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     result = aggregate_run([read_json(p) for p in args.evals],
                            [read_json(p) for p in args.suites],
                            [load_torch(p) for p in args.outcomes], config)
-    metrics = {"run": config["run_name"], "git_commit": _git_commit(),
+    metrics = {"run": config["run_name"], "git_commit": git_commit(),
                "config_sha256": config_sha256(config),
                "environment": runtime.environment_info(), "config": config, **result}
     write_json(metrics, args.out)
