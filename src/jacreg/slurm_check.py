@@ -564,6 +564,17 @@ def merge_overrides(current: Mapping[str, object], fixes_: Sequence[str]) -> lis
     return [f"{key}={value}" for key, value in items.items()]
 
 
+_PROBLEM_TEXT = {
+    "cpus": "{asked} CPUs > {offered}, the most CPUs a node of the partition has.",
+    "mem": "{asked} MB > {offered} MB, the most memory a node of the partition has.",
+    "gpus": "{asked} {kind}GPUs > {offered}, the most a node of the partition has.",
+    "gres": "gres {what}:{asked} > {offered} per node.",
+    "runtime": "{asked} min > MaxTime {offered} min of the partition.",
+    "nodes": "{asked} nodes > {offered} available.",
+    "combination": "each part fits some node, but no node has all of it at once.",
+}
+
+
 def format_findings(result: CheckResult, partitions: Mapping[str, Partition],
                     current_threads: Mapping[str, object] | None = None,
                     current_resources: Mapping[str, object] | None = None) -> str:
@@ -591,26 +602,10 @@ def format_findings(result: CheckResult, partitions: Mapping[str, Partition],
                 else:
                     lines.append("    no partition was given and the cluster has no default "
                                  "partition: export JACREG_SLURM_PARTITION=<name>.")
-            elif problem.kind == "cpus":
-                lines.append(f"    {problem.asked} CPUs > {problem.offered}, the most CPUs a "
-                             "node of the partition has.")
-            elif problem.kind == "mem":
-                lines.append(f"    {problem.asked} MB > {problem.offered} MB, the most memory a "
-                             "node of the partition has.")
-            elif problem.kind == "gpus":
+            elif problem.kind in _PROBLEM_TEXT:
                 kind = f"{problem.what} " if problem.what else ""
-                lines.append(f"    {problem.asked} {kind}GPUs > {problem.offered}, the most a node "
-                             "of the partition has.")
-            elif problem.kind == "gres":
-                lines.append(f"    gres {problem.what}:{problem.asked} > {problem.offered} per "
-                             "node.")
-            elif problem.kind == "runtime":
-                lines.append(f"    {problem.asked} min > MaxTime {problem.offered} min of the "
-                             "partition.")
-            elif problem.kind == "nodes":
-                lines.append(f"    {problem.asked} nodes > {problem.offered} available.")
-            elif problem.kind == "combination":
-                lines.append("    each part fits some node, but no node has all of it at once.")
+                lines.append("    " + _PROBLEM_TEXT[problem.kind].format(
+                    asked=problem.asked, offered=problem.offered, what=problem.what, kind=kind))
         if finding.offers:
             lines.append(f"    {finding.offers}.")
         if finding.elsewhere:
