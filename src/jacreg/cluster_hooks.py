@@ -208,7 +208,8 @@ def cancel_orphans(workflow, log, jobs, own_name: str | None) -> None:
     if not recorded:
         return
     workdir = Path.cwd()
-    others = workdir_lock.others_alive(workdir, own=_own_claim_path(workdir))
+    own = workdir_lock.own_claim(workdir)
+    others = workdir_lock.others_alive(workdir, own=own.path if own else None)
     if others:
         log.warning("Not cancelling the jobs recorded for this run's outputs ("
                     + ", ".join(sorted(recorded)) + "): another Snakemake process is alive here: "
@@ -243,13 +244,6 @@ def cancel_orphans(workflow, log, jobs, own_name: str | None) -> None:
         if not left:
             break
         time.sleep(1)
-
-
-def _own_claim_path(workdir: Path) -> Path | None:
-    for claim in workdir_lock._claims:
-        if claim.path.parent == workdir.resolve() / workdir_lock.LIVE_DIR:
-            return claim.path
-    return None
 
 
 def start_watcher(executor, log, own_name: str | None, after: float) -> threading.Thread:

@@ -144,13 +144,19 @@ def _heartbeat(path: Path) -> None:
             return
 
 
+def own_claim(workdir: Path | str = ".") -> Claim | None:
+    """This process's claim on ``workdir``, if it made one."""
+    live_dir = Path(workdir).resolve() / LIVE_DIR
+    return next((c for c in _claims if c.path.parent == live_dir), None)
+
+
 def claim(workdir: Path | str = ".", argv: list[str] | None = None) -> Claim | None:
     """Claim ``workdir`` for this process (idempotent); ``None`` where flock does not work."""
     workdir = Path(workdir).resolve()
-    for existing in _claims:
-        if existing.path.parent == workdir / LIVE_DIR:
-            existing.others = others_alive(workdir, own=existing.path)
-            return existing
+    existing = own_claim(workdir)
+    if existing is not None:
+        existing.others = others_alive(workdir, own=existing.path)
+        return existing
     live_dir = workdir / LIVE_DIR
     try:
         live_dir.mkdir(parents=True, exist_ok=True)
