@@ -13,16 +13,19 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/pretrained.smk"
 include: "rules/attack.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
 # Run on the submitting host, never as cluster jobs: downloads need the login node's network,
-# aggregation and the report take seconds.
+# importing checkpoints trained elsewhere, aggregation and the report take seconds.
 localrules:
     all,
     prepare_data,
+    prepare_custom,
+    import_model,
     aggregate,
     report,
 

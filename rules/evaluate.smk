@@ -61,6 +61,9 @@ rule attack_suite:
     params:
         lambdas=as_json(list(LAMBDAS.values())),
         attack_images=config["attack"].get("select_images") or config["attack"]["n_images"],
+        settings=as_json(
+            {k: v for k, v in config["attack"].items() if k not in ("device", "select_images")}
+        ),
         batch_size=config["analysis"]["batch_size"],
         device=device_of("analysis"),
     log:
@@ -76,7 +79,8 @@ rule attack_suite:
         "{JACREG} suite --dataset {wildcards.dataset:q} --seed {wildcards.seed} "
         "--lambdas {params.lambdas:q} --checkpoints {input.checkpoints:q} "
         "--uaps {input.uaps:q} --data {input.data:q} --attack-images {params.attack_images:q} "
-        "--batch-size {params.batch_size:q} --device {params.device:q} --threads {threads} "
+        "--batch-size {params.batch_size:q} --settings {params.settings:q} "
+        "--device {params.device:q} --threads {threads} "
         "--out {output.summary:q} --outcomes {output.outcomes:q} > {log:q} 2>&1"
 
 

@@ -7,6 +7,8 @@ rule train:
         data="data/prepared/{dataset}.pt",
     output:
         f"{RESULTS}/models/{{dataset}}/lam{{lam}}_seed{{seed}}.pt",
+    wildcard_constraints:
+        dataset=TRAINED_DATA,  # models.pretrained datasets: rules/pretrained.smk
     params:
         settings=lambda wc: as_json(train_settings(config, wc.dataset)),
         lam=lambda wc: LAMBDAS[wc.lam],

@@ -17,12 +17,16 @@ from jacreg.attack_suite import (
     choose_worst,
     evaluate_suite,
     evasion_rate,
+    family_rates,
     member_names,
+    member_replicate,
+    replicate_seed,
     score_members,
     strong_uap,
+    warm_start_uap,
 )
 from jacreg.data import to_float
-from jacreg.io import save_torch
+from jacreg.io import load_torch, save_torch
 from jacreg.metrics import predict
 from jacreg.models import build_model, save_checkpoint
 from jacreg.uap import sgd_uap
@@ -98,6 +102,22 @@ def test_strong_beats_paper_where_the_zero_start_stalls():
     assert expected > 0.5
     assert strong.start >= 1  # a random start found it
     assert strong.crafting_evasion_rate == pytest.approx(expected)
+
+
+def test_warm_start_climbs_from_a_transfer_and_never_falls_below_it():
+    """Started from the worst possible UAP of a linear classifier (-eps sign(w)), the warm start
+    climbs to the analytic optimum on the model itself; started from the optimum, it keeps it."""
+    model, x, y, w, b = _linear_two_class()
+    analytic = float(((x.reshape(len(x), -1) @ w + b + EPS * w.abs().sum()) > 0).float().mean())
+    settings = StrongSettings(warm_epochs=3)
+    bad = (-EPS * torch.sign(w)).reshape(SHAPE)
+    assert evasion_rate(model, x, y, bad) < analytic
+    climbed = warm_start_uap(model, x, y, EPS, bad, settings, batch_size=32)
+    assert climbed.crafting_evasion_rate == pytest.approx(analytic)
+    assert climbed.loss == "margin" and len(climbed.per_start) == 1
+    best = (EPS * torch.sign(w)).reshape(SHAPE)
+    kept = warm_start_uap(model, x, y, EPS, best, StrongSettings(warm_epochs=1), batch_size=32)
+    assert kept.crafting_evasion_rate >= evasion_rate(model, x, y, best)
 
 
 def test_strong_keeps_the_best_iterate_never_worse_than_its_start():
@@ -198,8 +218,22 @@ def test_model_checks_flag_each_failure_with_where_it_failed():
 
 
 def test_member_names_order():
-    assert member_names([1.0, 0.0, 0.5], own=0.5) == ["paper", "strong", "transfer:0",
+    assert member_names([1.0, 0.0, 0.5], own=0.5) == ["paper#0", "strong#0", "transfer:0",
                                                        "transfer:1"]
+    assert member_names([0.0, 1.0], own=0.0, replicates=3) == [
+        "paper#0", "paper#1", "paper#2", "strong#0", "strong#1", "strong#2", "transfer:1"]
+    assert member_names([0.0, 1.0], own=1.0, replicates=2, strong=False) == [
+        "paper#0", "paper#1", "transfer:0"]
+    assert [member_replicate(m) for m in ("paper#2", "strong#0", "transfer:0.1")] == [2, 0, -1]
+    assert family_rates({"paper#0": 0.2, "paper#1": 0.4, "strong#0": 0.5,
+                         "transfer:1": 0.1}) == pytest.approx(
+        {"paper": 0.3, "strong": 0.5, "transfer:1": 0.1})
+
+
+def test_replicate_seeds_are_distinct_and_replicate_zero_is_the_model_seed():
+    seeds = {replicate_seed(s, r) for s in range(100) for r in range(50)}
+    assert len(seeds) == 100 * 50
+    assert replicate_seed(7, 0) == 7
 
 
 def _checkpoint(path: Path, seed: int) -> nn.Module:
@@ -214,55 +248,82 @@ def test_evaluate_suite_from_files(tmp_path: Path, mnist5k) -> None:
     data_path, tensors = mnist5k
     x_test, y_test = to_float(tensors["x_test"]), tensors["y_test"]
     x_att, y_att = to_float(tensors["x_attack"][:300]), tensors["y_attack"][:300]
-    lambdas, eps = [1.0, 0.0], [0.3, 0.1]  # out of order: the suite sorts both
+    lambdas, eps, n_rep = [1.0, 0.0], [0.3, 0.1], 2  # out of order: the suite sorts both
     models, ckpts, files, paper, strong = [], [], [], [], []
     for i, lam in enumerate(lambdas):
         ckpts.append(tmp_path / f"lam{lam:g}.pt")
         files.append(tmp_path / f"uap{lam:g}.pt")
         models.append(_checkpoint(ckpts[-1], seed=i))
         gen = torch.Generator().manual_seed(i)
-        paper.append(torch.stack([(torch.rand(1, 28, 28, generator=gen) * 2 - 1) * e
-                                  for e in eps]))
-        strong.append(torch.stack([torch.sign(torch.randn(1, 28, 28, generator=gen)) * e
-                                   for e in eps]))
+        paper.append(torch.stack([torch.stack([(torch.rand(1, 28, 28, generator=gen) * 2 - 1) * e
+                                               for e in eps]) for _ in range(n_rep)]))
+        strong.append(torch.stack([torch.stack([torch.sign(torch.randn(1, 28, 28, generator=gen))
+                                                * e for e in eps]) for _ in range(n_rep)]))
         save_torch({"eps": torch.tensor(eps, dtype=torch.float64), "uaps": paper[-1],
-                    "strong_uaps": strong[-1], "check_eps": 1.0,
+                    "strong_uaps": strong[-1], "check_eps": 1.0, "replicates": n_rep,
                     "check_uap": torch.ones(1, 28, 28), "check_crafting_evasion_rate": 0.9,
                     "strong_info": []}, files[-1])
     summary, outcomes = evaluate_suite(ckpts, files, lambdas, str(data_path), "mnist5k", 0, 300,
                                        500, torch.device("cpu"))
     assert summary["lambdas"] == [0.0, 1.0] and summary["eps_list"] == [0.1, 0.3]
-    assert summary["eps"] == 0.3
+    assert summary["eps"] == 0.3 and summary["replicates"] == n_rep
     order = [1, 0]  # index into the given lists of lambda 0, lambda 1
     for t in range(2):
         model = models[order[t]]
         record = summary["models"][t]
+        other = order[1 - t]
+        assert outcomes["members"][t] == [
+            "paper#0", "paper#1", "strong#0", "strong#1", f"transfer:{lambdas[other]:g}"]
+        assert outcomes["member_replicate"][t].tolist() == [0, 1, 0, 1, -1]
         for k, e in enumerate([0.1, 0.3]):
             stored = eps.index(e)
             rec = record["per_eps"][k]
-            other = order[1 - t]
-            expected = {"paper": paper[order[t]][stored], "strong": strong[order[t]][stored],
-                        f"transfer:{lambdas[other]:g}": paper[other][stored]}
+            expected = {"paper#0": paper[order[t]][0, stored],
+                        "paper#1": paper[order[t]][1, stored],
+                        "strong#0": strong[order[t]][0, stored],
+                        "strong#1": strong[order[t]][1, stored],
+                        # transfer: the other lambda's paper UAP of replicate 0
+                        f"transfer:{lambdas[other]:g}": paper[other][0, stored]}
             assert list(rec["test_rates"]) == list(expected)
-            for name, v in expected.items():
-                assert rec["test_rates"][name] == float(
-                    (predict(model, x_test, v) != y_test).float().mean())
+            for m, (name, v) in enumerate(expected.items()):
+                evaded = predict(model, x_test, v) != y_test
+                assert rec["test_rates"][name] == float(evaded.float().mean())
+                assert torch.equal(outcomes["evaded"][t, k, m].bool(), evaded)
                 assert rec["attack_rates"][name] == float(
                     (predict(model, x_att, v) != y_att).float().mean())
+                assert float(outcomes["attack_rates"][t, k, m]) == rec["attack_rates"][name]
             assert rec["attack_rates"][rec["worst"]] == max(rec["attack_rates"].values())
-            worst_evaded = outcomes["worst_evaded"][t, k].bool()
-            assert float(worst_evaded.float().mean()) == rec["test_rates"][rec["worst"]]
-            assert float(outcomes["paper_evaded"][t, k].float().mean()) == rec["test_rates"][
-                "paper"]
+            assert rec["family_test_rates"]["paper"] == pytest.approx(
+                (rec["test_rates"]["paper#0"] + rec["test_rates"]["paper#1"]) / 2)
         assert record["large_budget_check"]["test_evasion_rate"] == float(
             (predict(model, x_test, torch.ones(1, 28, 28)) != y_test).float().mean())
         assert torch.equal(outcomes["clean_correct"][t].bool(), predict(model, x_test) == y_test)
-    # the transfer matrix: the eps = 0.3 paper UAP of lambda a on the model of lambda b
+    # the transfer matrix: the eps = 0.3 paper UAP (replicate 0) of lambda a on lambda b's model
     for a in range(2):
         for b in range(2):
-            v = paper[order[a]][eps.index(0.3)]
+            v = paper[order[a]][0, eps.index(0.3)]
             assert summary["matrix"][a][b] == float(
                 (predict(models[order[b]], x_test, v) != y_test).float().mean())
+    # warm starts from each transfer: never below it on the attack images they are chosen on
+    warm_summary, warm_outcomes = evaluate_suite(
+        ckpts, files, lambdas, str(data_path), "mnist5k", 0, 300, 500, torch.device("cpu"),
+        {"batch_size": 100, "beta": 12.0, "strong": {"warm_epochs": 1}})
+    assert warm_summary["warm_start"] and warm_outcomes["members"][0][-1] == "warm:1"
+    assert warm_outcomes["member_replicate"][0].tolist()[-1] == -1
+    for t, record in enumerate(warm_summary["models"]):
+        other = f"{lambdas[order[1 - t]]:g}"
+        for k, rec in enumerate(record["per_eps"]):
+            assert rec["attack_rates"][f"warm:{other}"] >= rec["attack_rates"][f"transfer:{other}"]
+            # the other members are those of the run without warm starts
+            plain = summary["models"][t]["per_eps"][k]["test_rates"]
+            assert {m: r for m, r in rec["test_rates"].items() if m in plain} == plain
+    # a UAP file of the format before replicates, (E, C, H, W), reads as one replicate
+    old = load_torch(files[0])
+    old["uaps"], old["strong_uaps"] = old["uaps"][0], old["strong_uaps"][0]
+    save_torch(old, files[0])
+    with pytest.raises(ValueError, match="number of attack replicates"):
+        evaluate_suite(ckpts, files, lambdas, str(data_path), "mnist5k", 0, 300, 500,
+                       torch.device("cpu"))
     with pytest.raises(ValueError, match="same length"):
         evaluate_suite(ckpts, files[:1], lambdas, str(data_path), "mnist5k", 0, 300, 500,
                        torch.device("cpu"))

@@ -96,7 +96,7 @@ def test_cifar10_downloads_trains_attacks_and_is_analysed(tmp_path: Path) -> Non
         with torch.no_grad():
             assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
         uaps = torch.load(workdir / row["uap"], weights_only=True)["uaps"]
-        assert uaps.shape == (1, 3, 32, 32)
+        assert uaps.shape == (1, 1, 3, 32, 32)  # replicates x eps x C x H x W
         assert float(uaps.abs().max()) <= EPS + 1e-6
     assert (workdir / "reports/cifar/report.html").is_file()
     assert "augment" in (workdir / "logs/cifar/train/cifar10/lam0.5_seed0.log").read_text()

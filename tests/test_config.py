@@ -52,6 +52,19 @@ def _set(config: dict[str, Any], path: tuple, value: Any) -> None:
         node[path[-1]] = value
 
 
+@pytest.mark.parametrize("profile", ["configs/quick.yaml", "configs/fashion.yaml",
+                                     "configs/paper-fashion.yaml", None])
+def test_every_shipped_profile_has_three_seeds_and_three_attack_replicates(profile):
+    """Issue #17: an interval over seeds and attack replicates needs at least three of each."""
+    config = _load("config.yaml")
+    if profile is not None:
+        config = _deep_merge(config, _load(profile))
+    validate_config(config)
+    assert len(config["seeds"]) >= 3
+    assert config["attack"]["replicates"] >= 3
+    assert config["analysis"]["bootstrap"].get("interval", "student_t") == "student_t"
+
+
 def test_paper_and_quick_configs_validate(quick):
     validate_config(_load("config.yaml"))
     validate_config(quick)
@@ -90,6 +103,10 @@ CASES = [
     (("train", "overrides", "cifar10", "n_proj"), 0,
      ["'train.overrides.cifar10.n_proj'", "-1", "positive integer"]),
     (("attack", "beta"), 0, ["'attack.beta'", "minimum of 0"]),
+    (("attack", "replicates"), 0, ["'attack.replicates'", "minimum of 1"]),
+    (("attack", "replicates"), 2.5, ["'attack.replicates'", "wrong type", "integer"]),
+    (("analysis", "bootstrap", "interval"), "bca",
+     ["'analysis.bootstrap.interval'", "student_t, percentile"]),
     (("attack", "step_fraction"), 1.5, ["'attack.step_fraction'", "maximum of 1"]),
     (("attack", "target_class"), 10, ["'attack.target_class'", "0-9"]),
     (("analysis", "claims", "min_correlation"), 2, ["'analysis.claims.min_correlation'",

@@ -1,13 +1,15 @@
 """DVC user stories, end to end through the real git, dvc and snakemake CLIs.
 
-One reduced quick run (`dvc repro quick` in a temporary git repository holding a copy of the
-workflow) is shared by the module; each story works on its own copy of that finished repository
+One reduced quick run is shared by the module: docs/versioning.md's "publish" block, run as
+written in a temporary git repository holding a copy of the workflow (`dvc repro quick`, commit,
+`dvc remote add -d store ../dvc-store`, `dvc push`; no edit of dvc.yaml). The other profile
+stages (fashion_mnist_data, fashion, paper) never run, as in a repository where only some
+profiles were ever run. Each story works on its own copy of that finished repository
 (``copytree`` keeps mtimes, the DVC cache and Snakemake's ``.snakemake`` metadata), so the
-stories do not depend on each other or on their order.
-
-The run is published the way docs/versioning.md says: ``cached: quick: true`` in dvc.yaml, so
-that its data and models are cached, while the other profile stages (fashion_mnist_data,
-fashion, paper) stay unpublished, as in a repository where only some profiles were ever run.
+stories do not depend on each other or on their order. Every block of docs/versioning.md tagged
+``<!-- test: tests/test_dvc.py NAME -->`` is run here as written, through bash, with the
+project's environment reachable as ``.venv`` (a symlink), the only substitutions being
+placeholders in angle brackets and the Quickstart's install line (that symlink instead).
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from doc_blocks import block
 from test_workflow import REDUCED as WORKFLOW_REDUCED
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this environment: dvc, snakemake, python3
 COPIED = [
-    "Snakefile", "rules", "schemas", "src", "config.yaml", "configs", "dvc.yaml", ".dvcignore",
-    ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
+    "Snakefile", "rules", "schemas", "src", "config.yaml", "configs", "profiles", "dvc.yaml",
+    ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
 ]
 REDUCED = dict(WORKFLOW_REDUCED, run_name="quick")  # tests/test_workflow.py's config
 QUICK = ["--configfile", "configs/quick.yaml"]
+GUIDE = "docs/versioning.md"
+# the Quickstart's install (CI runs it, .ci/run); here the test's environment is linked instead
+INSTALL = ("python3 -m venv .venv && .venv/bin/pip install -q -r requirements.lock && "
+           ".venv/bin/pip install -q --no-deps -e .")
 
 
 def _env() -> dict[str, str]:
@@ -95,51 +102,40 @@ def make_repo(dest: Path) -> Path:
     return dest
 
 
-def publication_errors(root: Path) -> list[str]:
-    """Where dvc.yaml's ``cached`` flags disagree with dvc.lock (docs/versioning.md).
-
-    A published stage (``cached: STAGE: true``) caches its large outputs, so dvc.lock must hold
-    the hash of each: a plain `dvc pull` fails ("Checkout failed") on one it has none for. An
-    unpublished stage caches nothing and must have no dvc.lock entry: a committed run whose
-    data and models never reach the remote is what publishing prevents.
-    """
-    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
-    (cached,) = [entry["cached"] for entry in pipeline["vars"]
-                 if isinstance(entry, dict) and "cached" in entry]
-    lock_file = root / "dvc.lock"
-    locked = yaml.safe_load(lock_file.read_text())["stages"] if lock_file.exists() else {}
-    errors = []
-    if set(cached) != set(pipeline["stages"]):
-        errors.append(f"vars: cached: names {sorted(cached)}, the stages are "
-                      f"{sorted(pipeline['stages'])}")
-    for name, stage in pipeline["stages"].items():
-        outs = {}
-        for item in stage.get("outs", []) + stage.get("metrics", []):
-            outs.update(item if isinstance(item, dict) else {item: None})
-        in_cache = [path for path, opts in outs.items() if (opts or {}).get("cache", True)]
-        hashed = {out["path"] for out in locked.get(name, {}).get("outs", []) if "md5" in out}
-        if cached.get(name):
-            if not in_cache:
-                errors.append(f"{name}: published, but none of its outputs is cached")
-            if missing := [path for path in in_cache if path not in hashed]:
-                errors.append(f"{name}: published, but dvc.lock has no hash of {missing}: "
-                              "a plain `dvc pull` fails; run `dvc repro` and commit dvc.lock")
-        else:
-            if in_cache:
-                errors.append(f"{name}: not published, but caches {in_cache}")
-            if name in locked:
-                errors.append(f"{name}: dvc.lock holds its run, but it is not published: its "
-                              "data and models stay out of `dvc push`; publish it")
-    return errors
+def link_venv(repo: Path) -> None:
+    """The test's environment as the repository's ``.venv`` (the Quickstart's location)."""
+    if not (repo / ".venv").exists():
+        (repo / ".venv").symlink_to(BIN.parent, target_is_directory=True)
 
 
-def publish(repo: Path, stage: str) -> None:
-    """docs/versioning.md's publishing step: ``cached: STAGE: true`` in dvc.yaml."""
-    pipeline = repo / "dvc.yaml"
-    text = pipeline.read_text()
-    anchor = f"&{stage}_cached"
-    assert text.count(f"{anchor} false") == 1, stage
-    pipeline.write_text(text.replace(f"{anchor} false", f"{anchor} true"))
+def bare_env() -> dict[str, str]:
+    """ENV without this environment's bin on PATH: only ``.venv/bin/…`` finds dvc and snakemake."""
+    if sys.prefix == sys.base_prefix:  # not a virtualenv: nothing to hide
+        return ENV
+    return dict(ENV, PATH=os.pathsep.join(
+        d for d in ENV["PATH"].split(os.pathsep) if Path(d) != BIN))
+
+
+def run_doc(cwd: Path, name: str, **subs: str) -> subprocess.CompletedProcess:
+    """Run the block of docs/versioning.md tagged ``test: tests/test_dvc.py NAME`` as written
+    (``subs`` fill its ``<placeholders>``) in one bash, stopping at the first failing line."""
+    text = block(GUIDE, name, "tests/test_dvc.py")
+    return run_script(cwd, name, text, **subs)
+
+
+def run_script(cwd: Path, name: str, text: str, **subs: str) -> subprocess.CompletedProcess:
+    for placeholder, value in subs.items():
+        assert f"<{placeholder}>" in text, (name, placeholder)
+        text = text.replace(f"<{placeholder}>", value)
+    if INSTALL in text:
+        text = text.replace(INSTALL, f"ln -s {BIN.parent} .venv")
+    assert "<" not in text.replace("<<", ""), f"unfilled placeholder in {name}: {text}"
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=cwd, env=bare_env(),
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"{GUIDE} block {name!r} failed in {cwd}:\n{text}\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 def copy_repo(src: Path, dest: Path) -> Path:
@@ -150,27 +146,43 @@ def copy_repo(src: Path, dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docs/versioning.md's "publish" block, as written: run, commit, add a remote, push."""
     repo = make_repo(tmp_path_factory.mktemp("dvc") / "repo")
-    publish(repo, "quick")
-    proc = run(repo, "dvc", "repro", "quick")
-    assert "is not published" not in proc.stderr
-    run(repo, "git", "add", "dvc.yaml", "dvc.lock", "reports/quick")
-    run(repo, "git", "commit", "-qm", "quick run")
+    link_venv(repo)
+    run_doc(repo, "publish")
     return repo
 
 
-def test_dvc_yaml_publishes_only_stages_with_a_lock_entry() -> None:
-    # this repository as it is: a plain `dvc pull` of a clone must not fail on a stage that
-    # claims cached outputs without their hashes, and no committed run may miss the remote
-    assert publication_errors(REPO) == []
+def test_dvc_yaml_caches_every_large_output_and_needs_no_switch() -> None:
+    # `dvc repro STAGE` then `dvc push` publishes a stage only if its large outputs are cached;
+    # the reports stay in git (cache: false); every output persists (Snakemake's incremental
+    # reruns). No `vars:` switch to edit before publishing.
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert not any(isinstance(entry, dict) and "cached" in entry
+                   for entry in pipeline.get("vars", [])), "a publish switch is back in dvc.yaml"
+    wrong = []
+    for name, stage in pipeline["stages"].items():
+        assert "cached" not in stage["cmd"], name
+        for item in stage.get("outs", []) + stage.get("metrics", []):
+            path, opts = next(iter(item.items())) if isinstance(item, dict) else (item, {})
+            opts = opts or {}
+            in_git = path.startswith("reports/")
+            if opts.get("cache", True) == in_git or opts.get("persist") is not True:
+                wrong.append(f"{name}: {path}: {opts}")
+    assert wrong == [], wrong
 
 
 @pytest.mark.workflow
 def test_repro_tracks_outputs_and_records_params_and_metrics(finished_run: Path) -> None:
     locked = yaml.safe_load((finished_run / "dvc.lock").read_text())["stages"]
     assert set(locked) == {"quick"}  # the only profile run here
-    assert publication_errors(finished_run) == []
     lock = locked["quick"]
+    hashed = {out["path"] for out in lock["outs"] if "md5" in out}
+    assert {"data/prepared/mnist5k.pt", "results/quick"} <= hashed
+    # `dvc push` uploaded them, with no edit of dvc.yaml
+    assert run(finished_run, "git", "diff", "HEAD~2", "--stat", "--", "dvc.yaml").stdout == ""
+    assert "everything is up to date" in run(finished_run, "dvc", "push").stdout.lower()
+    assert sum(1 for p in (finished_run.parent / "dvc-store").rglob("*") if p.is_file()) >= 5
     assert lock["params"]["configs/quick.yaml"]["lambdas"] == [0.0, 1.0]
     outs = {out["path"] for out in lock["outs"]}
     assert {"data/prepared/mnist5k.pt", "results/quick", "reports/quick/metrics.json",
@@ -196,39 +208,64 @@ def test_repro_tracks_outputs_and_records_params_and_metrics(finished_run: Path)
     assert {p["eps"] for p in points} == {"0.2", "0.3"}
     assert spec["spec"]["encoding"]["x"]["field"] == "eps"
     assert spec["spec"]["encoding"]["y"]["field"] == "uap_evasion_rate_mean"
+    # the guide's metrics block, as written
+    shown = run_doc(finished_run, "metrics").stdout
+    assert "reports/quick/metrics.json" in shown and "quick" in shown
+    assert (finished_run / "dvc_plots" / "index.html").is_file()
 
 
 @pytest.mark.workflow
 def test_collaborator_pulls_models_and_uaps_from_a_remote(finished_run: Path,
                                                           tmp_path: Path) -> None:
     origin = copy_repo(finished_run, tmp_path / "origin")
-    run(origin, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    run(origin, "git", "commit", "-qam", "local remote")
-    run(origin, "dvc", "push")  # every published stage: here quick
+    shutil.copytree(finished_run.parent / "dvc-store", tmp_path / "dvc-store")  # ../dvc-store
 
     pulled = [p.relative_to(origin) for kind in ("models", "uaps")
               for p in sorted((origin / "results/quick" / kind).rglob("*.pt"))]
     assert len(pulled) == 4
     pulled.append(Path("data/prepared/mnist5k.pt"))
 
-    # a plain `dvc pull`, although fashion_mnist_data, fashion and paper never ran: being
-    # unpublished, they cache nothing, and pull has nothing to check out for them
-    clone = tmp_path / "clone"
-    run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
-    assert not (clone / "results").exists()
-    proc = run(clone, "dvc", "pull", check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Checkout failed" not in proc.stdout + proc.stderr
+    # a plain `dvc pull` fails, as the guide says: fashion_mnist_data, fashion and paper never
+    # ran, so dvc.lock has no hash for their outputs
+    plain = tmp_path / "plain"
+    run(tmp_path, "git", "clone", "-q", "origin", "plain")
+    assert not (plain / "results").exists()
+    proc = run(plain, "dvc", "pull", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Checkout failed for following targets" in out, out
+    assert {"results/fashion", "results/paper", "data/prepared/fashion_mnist.pt"} <= {
+        line.strip() for line in out.splitlines()}, out
+    # `dvc pull quick` works, in that clone
+    run(plain, "dvc", "pull", "quick")
+    for rel in pulled:
+        assert (plain / rel).read_bytes() == (origin / rel).read_bytes(), rel
+
+    # The clone has no .snakemake/ metadata, and the pulled files carry fresh mtimes in
+    # checkout order. Snakemake alone may then plan reruns of attacks (an input looks newer
+    # than its output) and, worse, would not see a changed parameter (no record to compare
+    # with). The stage command of dvc.yaml therefore reruns every job when Snakemake has no
+    # record: run it as DVC would (from dvc.lock), as a dry run, from a shell where nothing
+    # is activated and the interpreter is found as the project's .venv.
+    stage_cmd = yaml.safe_load((plain / "dvc.lock").read_text())["stages"]["quick"]["cmd"]
+    link_venv(plain)
+    guarded = subprocess.run(["sh", "-c", f"{stage_cmd} -n"], cwd=plain, env=bare_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert guarded.returncode == 0, guarded.stdout + guarded.stderr
+    assert "running every job (--forceall)" in guarded.stderr
+    assert job_counts(guarded.stdout + guarded.stderr) == {
+        "prepare_data": 1, "train": 2, "attack": 2, "evaluate": 2, "attack_suite": 1,
+        "aggregate": 1, "report": 1, "all": 1}
+
+    # the guide's collaborator block, as written: clone, install, `dvc pull --allow-missing`,
+    # status, adopt (`snakemake --touch --forceall`), plan
+    proc = run_doc(tmp_path, "collaborate", **{"repo-url": "origin"})
+    clone = tmp_path / "jacreg"
+    assert "Data and pipelines are up to date" in proc.stdout
+    assert "Nothing to be done" in proc.stdout + proc.stderr  # the last line: plans nothing
     for rel in pulled:
         assert (clone / rel).read_bytes() == (origin / rel).read_bytes(), rel
     assert sorted(p.name for p in (clone / "results").iterdir()) == ["quick"]
-    assert "up to date" in run(clone, "dvc", "status", "quick").stdout
-    # `dvc pull quick` still works, in a clone of its own
-    only_quick = tmp_path / "only-quick"
-    run(tmp_path, "git", "clone", "-q", str(origin), str(only_quick))
-    run(only_quick, "dvc", "pull", "quick")
-    for rel in pulled:
-        assert (only_quick / rel).read_bytes() == (origin / rel).read_bytes(), rel
 
     # the fashion profile's stages exist and validate without any of their data: fashion and
     # paper depend on fashion_mnist_data, which owns data/prepared/fashion_mnist.pt
@@ -242,42 +279,19 @@ def test_collaborator_pulls_models_and_uaps_from_a_remote(finished_run: Path,
     dag = run(clone, "dvc", "dag", "--dot").stdout.splitlines()
     assert {'"fashion_mnist_data" -> "fashion";', '"fashion_mnist_data" -> "paper";'} <= set(dag)
     dry = run(clone, "dvc", "repro", "--dry", "fashion_mnist_data")
-    assert "fashion_mnist_data false data/prepared/fashion_mnist.pt" in dry.stdout
+    assert "data/prepared/fashion_mnist.pt data/prepared/fashion_mnist.pt --cores 1" in dry.stdout
     metrics = json.loads(run(clone, "dvc", "metrics", "show", "--json").stdout)
     assert metrics[""]["data"]["reports/quick/metrics.json"]["data"]["run"] == "quick"
 
-    # The clone has no .snakemake/ metadata, and the pulled files carry fresh mtimes in
-    # checkout order. Snakemake alone may then plan reruns of attacks (an input looks newer
-    # than its output) and, worse, would not see a changed parameter (no record to compare
-    # with). The stage command of dvc.yaml therefore reruns every job when Snakemake has no
-    # record: run it as DVC would (from dvc.lock), as a dry run, from a shell where nothing
-    # is activated and the interpreter is found as the project's .venv.
+    # Adopting the pulled outputs (DVC had just verified them against dvc.lock) recorded
+    # metadata for every job and put mtimes in DAG order, without changing any content.
     stage_cmd = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["quick"]["cmd"]
-    if sys.prefix != sys.base_prefix:  # a virtualenv: reachable as .venv only
-        (clone / ".venv").symlink_to(sys.prefix, target_is_directory=True)
-        bare = dict(ENV, PATH=os.pathsep.join(
-            d for d in ENV["PATH"].split(os.pathsep) if Path(d) != BIN))
-    else:
-        bare = ENV
-    guarded = subprocess.run(["sh", "-c", f"{stage_cmd} -n"], cwd=clone, env=bare,
-                             capture_output=True, text=True, timeout=300)
-    assert guarded.returncode == 0, guarded.stdout + guarded.stderr
-    assert "running every job (--forceall)" in guarded.stderr
-    assert job_counts(guarded.stdout + guarded.stderr) == {
-        "prepare_data": 1, "train": 2, "attack": 2, "evaluate": 2, "attack_suite": 1,
-        "aggregate": 1, "report": 1, "all": 1}
-
-    # Adopting the pulled outputs (DVC just verified them against dvc.lock) records
-    # metadata for every job and puts mtimes in DAG order, without changing any content.
-    run(clone, "snakemake", "--touch", "--forceall", "--cores", "1", *QUICK)
-    assert plan(clone, *QUICK) == {}
-    adopted = subprocess.run(["sh", "-c", f"{stage_cmd} -n"], cwd=clone, env=bare,
+    adopted = subprocess.run(["sh", "-c", f"{stage_cmd} -n"], cwd=clone, env=bare_env(),
                              capture_output=True, text=True, timeout=300)
     assert adopted.returncode == 0 and "--forceall" not in adopted.stderr
     assert job_counts(adopted.stdout + adopted.stderr) == {}
     assert "up to date" in run(clone, "dvc", "status", "quick").stdout
-    (clone / ".venv").unlink(missing_ok=True)  # a symlink: /.venv/ ignores directories only
-    assert run(clone, "git", "status", "--porcelain").stdout == ""
+    assert run(clone, "git", "status", "--porcelain").stdout == ""  # .venv: git-ignored
     # and now a changed training setting retrains, because the metadata is there
     more_epochs = dict(REDUCED, train=dict(REDUCED["train"], epochs=3))
     (tmp_path / "epochs.yaml").write_text(yaml.safe_dump(more_epochs))
@@ -304,13 +318,30 @@ def test_incremental_plans_only_what_a_change_touches(finished_run: Path,
     report_only = dict(REDUCED["analysis"], report={"dpi": 72})
     assert plan_with(analysis=report_only) == {"report": 1, "all": 1}
     assert plan(work, *QUICK) == {}
+    # the guide's block, as written: nothing changed, so nothing is planned or rerun
+    proc = run_doc(work, "plan")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert "Data and pipelines are up to date" in proc.stdout
+
+
+@pytest.mark.workflow
+def test_s3_remote_is_configured_as_the_guide_says(finished_run: Path, tmp_path: Path) -> None:
+    work = copy_repo(finished_run, tmp_path / "repo")
+    run_doc(work, "remote")  # writes the configuration only: nothing is uploaded
+    assert "url = s3://my-bucket/jacreg" in (work / ".dvc/config").read_text()
+    assert "profile = my-profile" in (work / ".dvc/config.local").read_text()
+    assert run(work, "git", "status", "--porcelain").stdout == ""  # config.local: not in git
+    assert run(work, "dvc", "remote", "default").stdout.strip() == "storage"
 
 
 @pytest.mark.workflow
 def test_experiment_is_listed_beside_the_baseline(finished_run: Path, tmp_path: Path) -> None:
     work = copy_repo(finished_run, tmp_path / "repo")
-    proc = run(work, "dvc", "exp", "run", "quick", "-S",
-               "configs/quick.yaml:lambdas=[0.0,0.5]")
+    # the guide's block, as written, up to the first line naming the experiment
+    text = block(GUIDE, "experiment", "tests/test_dvc.py")
+    lines = text.splitlines()
+    first_named = next(i for i, line in enumerate(lines) if "<exp-name>" in line)
+    proc = run_script(work, "experiment", "\n".join(lines[:first_named]))
     # persist: true kept the baseline's outputs, so Snakemake trained only the new lambda
     assert job_counts(proc.stdout + proc.stderr)["train"] == 1
 
@@ -318,6 +349,10 @@ def test_experiment_is_listed_beside_the_baseline(finished_run: Path, tmp_path: 
     baseline = next(entry for entry in shown if entry["rev"] != "workspace")
     experiments = [rev for exp in baseline["experiments"] for rev in exp["revs"]]
     assert len(experiments) == 1
+    (name,) = [exp["name"] for exp in baseline["experiments"]]
+    rest = run_script(work, "experiment", "\n".join(lines[first_named:]), **{"exp-name": name})
+    assert "lambda-0.5" in run(work, "git", "branch").stdout
+    assert "created from experiment" in rest.stdout + rest.stderr
 
     def lambdas_and_metrics(entry: dict) -> tuple[list[float], dict]:
         data = entry["data"]

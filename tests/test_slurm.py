@@ -1,13 +1,14 @@
-"""The workflow on a real (one-node, local) SLURM cluster, as the README tells a new user.
+"""The workflow on a real (one-node, local) SLURM cluster, as docs/cluster.md tells a new user.
 
 One cluster (scripts/local-slurm-cluster.sh; root, installs slurm-wlm and munge when missing) for
-the module, stopped even on failure. Every run is the README's "Try it on one machine" command,
-copied from README.md and run as written in a copy of the workflow whose `configs/quick.yaml` is
-a reduced quick profile (2 models, 4 epochs) so that CI stays short; nothing else is overridden:
+the module, stopped even on failure. Every run is the guide's "Try it on one machine" command,
+read from docs/cluster.md (the block tagged ``test: tests/test_slurm.py trial``) and run as
+written in a copy of the workflow whose `configs/quick.yaml` is a reduced quick profile
+(2 models, 4 epochs) so that CI stays short; nothing else is overridden:
 
-- an impossible request (`--set-resources train:mem_mb=999999`, without the README's cap) stops
+- an impossible request (`--set-resources train:mem_mb=999999`, without the guide's cap) stops
   within 60 s before any sbatch, naming the override; sbatch itself refuses such a job;
-- the README command reaches the report (the reference run);
+- the guide's command reaches the report (the reference run);
 - Snakemake's process group killed with SIGKILL mid-training: a second Snakemake started while
   the first was alive is refused; after the kill the same command again cancels the jobs the dead
   one left, resumes, survives a training job killed mid-way (retried, resumed), and ends with the
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from doc_blocks import block, commands
 from test_workflow import REDUCED, copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,11 +48,8 @@ pytestmark = [
 
 
 def readme_trial() -> list[str]:
-    """The command lines of the README's "Try it on one machine" block."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("**Try it on one machine", 1)[1]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    """The command lines of docs/cluster.md's "Try it on one machine" block."""
+    return commands(block("docs/cluster.md", "trial", "tests/test_slurm.py"))
 
 
 def readme_snakemake() -> str:

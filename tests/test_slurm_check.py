@@ -16,8 +16,8 @@ import pytest
 import yaml
 from test_workflow import REDUCED, copy_workflow
 
-from jacreg import slurm_check as sc
-from jacreg import workdir_lock
+from jacreg.workflow import slurm_check as sc
+from jacreg.workflow import workdir_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -356,7 +356,7 @@ def test_impossible_request_stops_before_any_sbatch(tmp_path: Path, fake_slurm, 
 
 HOLDER = """
 import sys, time
-from jacreg import workdir_lock
+from jacreg.workflow import workdir_lock
 claim = workdir_lock.claim(sys.argv[1])
 print("claimed" if claim else "no-flock", flush=True)
 time.sleep(600)

@@ -28,7 +28,7 @@ REDUCED = {
     "seeds": [0],
     "epsilons": {"mnist5k": [0.2, 0.3]},
     "train": {"architecture": "cnn_small", "epochs": 2, "batch_size": 64},
-    "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128,
+    "attack": {"n_images": 1000, "epochs": 2, "batch_size": 128, "replicates": 2,
                "strong": {"restarts": 1, "epochs": 1, "n_images": 500, "check_epochs": 1}},
     "analysis": {"n_inputs": 60, "n_pairs": 100, "pairs_per_class_pair": 4, "pgd_inputs": 100,
                  "bootstrap": {"samples": 200, "seed": 0}},
@@ -120,27 +120,61 @@ def test_attack_suite_worst_case_and_transfer_in_metrics(finished_run: Path) -> 
     assert transfer["seeds"] == [0]
     assert transfer["per_seed"]["0"] == record["matrix"]
     assert transfer["matrix_mean"] == record["matrix"]
-    # the diagonal is each model's own paper UAP: the evaluate stage's rate, bit for bit
-    own = {r["lambda"]: r["uap_evasion_rate"] for r in metrics["rows"] if r["eps"] == 0.3}
+    # the diagonal is each model's own paper UAP (replicate 0): the evaluate stage's rate of
+    # that replicate, bit for bit
+    own = {r["lambda"]: r["uap_evasion_rate_replicates"][0] for r in metrics["rows"]
+           if r["eps"] == 0.3}
     assert [record["matrix"][i][i] for i in range(2)] == [own[0.0], own[1.0]]
     assert all(0.0 <= v <= 1.0 for line in record["matrix"] for v in line)
     for row in metrics["rows"]:
         members = row["member_evasion_rates"]
         other = "transfer:1" if row["lambda"] == 0.0 else "transfer:0"
         assert set(members) == {"paper", "strong", other}
-        assert members["paper"] == row["uap_evasion_rate"]
-        # the worst member is the attack-split maximum; its test rate is the worst case
+        # two attack replicates: the row's paper rate is their mean, the suite scored the same
+        # two UAPs on the same test split as the evaluate stage
+        assert row["uap_replicates"] == 2
+        replicates = row["member_replicate_evasion_rates"]
+        assert replicates["paper"] == row["uap_evasion_rate_replicates"]
+        assert len(replicates["strong"]) == 2
+        assert members["paper"] == row["uap_evasion_rate"] == sum(replicates["paper"]) / 2
+        # the worst member (replicate included) is the attack-split maximum over all members
+        # of all replicates; its test rate is the worst case
         chosen = row["member_attack_split_rates"]
+        assert set(chosen) == {"paper#0", "paper#1", "strong#0", "strong#1", other}
         assert chosen[row["worst_uap_member"]] == max(chosen.values())
-        assert row["worst_uap_evasion_rate"] == members[row["worst_uap_member"]]
+        family, _, rep = row["worst_uap_member"].partition("#")
+        assert row["worst_uap_evasion_rate"] == (replicates[family][int(rep)] if rep
+                                                 else members[family])
     names = {(c["lambda"], c["seed"]): {k["name"] for k in c["checks"]}
              for c in metrics["checks"]}
     assert names == {(lam, 0): {"monotone_in_eps", "transfer_below_strong", "above_random",
                                 "large_budget"} for lam in (0.0, 1.0)}
     intervals = metrics["intervals"]["mnist5k"]
     assert intervals["samples"] == 200 and len(intervals["rates"]) == 2 * 2 * 2
+    assert intervals["replicates"] == 2 and intervals["method"] == "percentile"  # one seed
     assert (finished_run / "logs/e2e/suite/mnist5k/seed0.log").is_file()
     assert (finished_run / "results/e2e/benchmarks/suite/mnist5k/seed0.tsv").is_file()
+
+
+@pytest.mark.workflow
+def test_second_machine_check_reruns_at_two_threads_and_compares(finished_run: Path) -> None:
+    """scripts/second-machine-check.sh on the reduced profile: the finished 1-thread run is
+    reused, a 2-thread run is made from scratch into e2e-threads2, and the comparison is
+    written; its exit status is 1 exactly when a claim x attack pair disagrees."""
+    (finished_run / "scripts").mkdir(exist_ok=True)
+    shutil.copy2(REPO / "scripts" / "second-machine-check.sh", finished_run / "scripts")
+    env = {**os.environ, "PYTHON": sys.executable,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "scripts/second-machine-check.sh", "e2e.yaml"],
+                          cwd=finished_run, env=env, capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    result = json.loads((finished_run / "reports/e2e-second-machine-check.json").read_text())
+    assert result["a"]["run"] == "e2e" and result["b"]["run"] == "e2e-threads2"
+    assert result["claims_total"] == 8 and result["rows"]["matched_rows"] == 4
+    assert proc.returncode == (1 if result["claims_agree"] < 8 else 0), out
+    assert "claim x attack pairs that agree" in out and "uap_evasion_rate" in out
+    rows = json.loads((finished_run / "reports/e2e-threads2/metrics.json").read_text())["rows"]
+    assert {r["eval_threads"] for r in rows} == {2} and {r["train_threads"] for r in rows} == {2}
 
 
 @pytest.mark.workflow

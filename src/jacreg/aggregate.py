@@ -4,24 +4,26 @@ Merges the per-model evaluations (:mod:`jacreg.evaluate`) with the attack suite 
 (dataset, seed) (:mod:`jacreg.attack_suite`) into one row per (dataset, lambda, seed, eps);
 runs the attack sanity checks (:mod:`jacreg.attack_checks`); computes claims C1-C4 with the
 paper's attack and with the worst case (:mod:`jacreg.claims`); and attaches hierarchical
-bootstrap intervals (:mod:`jacreg.bootstrap`) to every seed-averaged rate, gain and claim.
+bootstrap intervals (:mod:`jacreg.bootstrap`: seeds, then attack replicates, then test inputs)
+to every seed-averaged rate, gain and claim.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from jacreg.attack_checks import model_checks
+from jacreg.attack_suite import family_rates, member_family, member_replicate
 from jacreg.bootstrap import (
-    SeedOutcomes,
     finite_or_none,
-    percentile_interval,
-    replicate_rates,
+    hierarchical_draws,
+    interval,
+    interval_method_used,
 )
 from jacreg.claims import attach_verdicts, claim_values, evaluate_claims
 from jacreg.metrics import aggregate_transfer
@@ -29,11 +31,19 @@ from jacreg.metrics import aggregate_transfer
 log = logging.getLogger(__name__)
 
 ATTACKS = {"paper": "uap_evasion_rate", "worst": "worst_uap_evasion_rate"}
-BOOTSTRAP_DEFAULTS = {"samples": 1000, "seed": 0}
+BOOTSTRAP_DEFAULTS = {"samples": 1000, "seed": 0, "interval": "student_t"}
+UNIT, POSITIVE, SIGNED = (0.0, 1.0), (0.0, float("inf")), (-1.0, 1.0)
+# the range of each claim's value: a gain, an accuracy drop, two correlations
+CLAIM_RANGE = {"C1": POSITIVE, "C2": SIGNED, "C3": SIGNED, "C4": SIGNED}
 
 
 def merge_suite(rows: list[dict[str, Any]], suites: Sequence[Mapping[str, Any]]) -> None:
-    """Add each member's rates, the worst case and the transfer summary to the rows, in place."""
+    """Add each member's rates, the worst case and the transfer summary to the rows, in place.
+
+    Members with replicates (``paper#r``, ``strong#r``) enter a row as their family's mean over
+    the replicates (``strong_uap_evasion_rate``, ``member_evasion_rates``) and as the list of
+    per-replicate rates (``member_replicate_evasion_rates``); the worst case is one member,
+    replicate included (``worst_uap_member``, e.g. ``strong#2``)."""
     index = {(s["dataset"], int(s["seed"]), float(m["lambda"]), float(rec["eps"])): rec
              for s in suites for m in s["models"] for rec in m["per_eps"]}
     for row in rows:
@@ -43,15 +53,29 @@ def merge_suite(rows: list[dict[str, Any]], suites: Sequence[Mapping[str, Any]])
             raise ValueError(f"no attack-suite record for dataset={row['dataset']} "
                              f"lambda={row['lambda']} seed={row['seed']} eps={row['eps']}")
         tests, attacks = rec["test_rates"], rec["attack_rates"]
+        families = family_rates(tests)
         transfers = [m for m in tests if m.startswith("transfer:")]
         best_transfer = max(transfers, key=lambda m: attacks[m]) if transfers else None
+        warms = [m for m in tests if m.startswith("warm:")]
+        best_warm = max(warms, key=lambda m: attacks[m]) if warms else None
+        replicated: dict[str, list[float]] = {}
+        for name, rate in tests.items():
+            if member_replicate(name) >= 0:
+                replicated.setdefault(member_family(name), []).append(float(rate))
         row.update({
-            "strong_uap_evasion_rate": tests.get("strong"),
+            "strong_uap_evasion_rate": families.get("strong"),
             "transfer_uap_evasion_rate": tests[best_transfer] if best_transfer else None,
             "transfer_uap_source": best_transfer,
+            # the warm start from the transfers, and what it adds over the best transfer
+            "warm_uap_evasion_rate": tests[best_warm] if best_warm else None,
+            "warm_uap_source": best_warm,
+            "warm_gain_over_transfer": (tests[best_warm] - tests[best_transfer]
+                                        if best_warm and best_transfer else None),
             "worst_uap_evasion_rate": tests[rec["worst"]],
             "worst_uap_member": rec["worst"],
-            "member_evasion_rates": dict(tests),
+            "worst_uap_family": member_family(rec["worst"]),
+            "member_evasion_rates": families,
+            "member_replicate_evasion_rates": replicated,
             "member_attack_split_rates": dict(attacks),
         })
 
@@ -74,67 +98,129 @@ def sanity_checks(rows: list[dict[str, Any]],
     return sorted(out, key=lambda c: (c["dataset"], c["lambda"], c["seed"]))
 
 
-def _seed_cells(outcomes: Mapping[str, torch.Tensor]) -> np.ndarray:
-    """Cells of one seed: clean-correct per lambda, then paper and worst evaded per (lambda,
-    eps), as a (L + 2 L E, n) 0/1 array."""
-    clean = outcomes["clean_correct"].numpy()
-    paper = outcomes["paper_evaded"].numpy()
-    worst = outcomes["worst_evaded"].numpy()
-    n_l, n_e, n = paper.shape
-    return np.concatenate([clean, paper.reshape(n_l * n_e, n), worst.reshape(n_l * n_e, n)])
+@dataclass
+class SeedSuite:
+    """What the bootstrap resamples of one seed (see :func:`jacreg.attack_suite.evaluate_suite`):
+    ``clean`` (L, n) and ``evaded`` (L, E, M, n) as 0/1 per test input, ``attack_rates``
+    (L, E, M), and each member's replicate ``member_replicate`` (M,), -1 for transfers."""
+
+    clean: np.ndarray
+    evaded: np.ndarray
+    attack_rates: np.ndarray
+    member_replicate: np.ndarray
+
+    @classmethod
+    def from_outcomes(cls, outcomes: Mapping[str, Any]) -> SeedSuite:
+        replicate = outcomes["member_replicate"].numpy()
+        if not (replicate == replicate[0]).all():
+            raise ValueError("members differ in order between lambdas")
+        return cls(clean=outcomes["clean_correct"].numpy().astype(np.float64),
+                   evaded=outcomes["evaded"].numpy().astype(np.float32),
+                   attack_rates=outcomes["attack_rates"].numpy(),
+                   member_replicate=replicate[0])
+
+    @property
+    def replicates(self) -> int:
+        return int(self.member_replicate.max()) + 1
+
+    def paper_members(self) -> np.ndarray:
+        """Member index of ``paper#r`` for r = 0..R-1 (they come first)."""
+        return np.arange(self.replicates)
+
+    def rates(self, replicates: np.ndarray, weights: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Clean accuracy (L,), paper-attack evasion (L, E) as the mean over the drawn
+        ``replicates``, and worst-case evasion (L, E): the member, among the drawn replicates'
+        members and the transfers, with the highest attack-split rate (ties: the earlier
+        member), scored on test inputs weighted by ``weights`` (summing to 1)."""
+        n_l, n_e, n_m, n = self.evaded.shape
+        evaded = (self.evaded.reshape(-1, n) @ weights.astype(np.float32)).reshape(
+            n_l, n_e, n_m).astype(np.float64)
+        paper = evaded[:, :, self.paper_members()[replicates]].mean(axis=2)
+        allowed = np.isin(self.member_replicate, replicates) | (self.member_replicate < 0)
+        scores = np.where(allowed, self.attack_rates, -np.inf)
+        chosen = scores.argmax(axis=2)  # the first maximum: the earlier member wins ties
+        worst = np.take_along_axis(evaded, chosen[:, :, None], axis=2)[:, :, 0]
+        return self.clean @ weights, paper, worst
 
 
 def bootstrap_dataset(dataset: str, rows: list[dict[str, Any]],
-                      outcomes: Mapping[int, Mapping[str, torch.Tensor]], samples: int,
-                      rng_seed: int) -> dict[str, Any]:
+                      outcomes: Mapping[int, Mapping[str, Any]], samples: int,
+                      rng_seed: int, method: str = "student_t") -> dict[str, Any]:
     """Intervals of one dataset: rates and clean accuracy per cell, gains, and claim values
-    per attack, from the hierarchical bootstrap over its seeds and test inputs."""
+    per attack, from the three-stage bootstrap over its seeds, attack replicates and test
+    inputs (:mod:`jacreg.bootstrap`), as ``method`` intervals around the full-data values."""
     seeds = sorted(outcomes)
     first = outcomes[seeds[0]]
     lams = [float(v) for v in first["lambdas"]]
     eps = [float(v) for v in first["eps"]]
-    n_l, n_e = len(lams), len(eps)
-    n_test = first["clean_correct"].shape[1]
+    n_e, n_s = len(eps), len(seeds)
+    suites = [SeedSuite.from_outcomes(outcomes[s]) for s in seeds]
+    n_test = suites[0].clean.shape[1]
+    n_rep = {s.replicates for s in suites}
+    if len(n_rep) != 1 or len({s.clean.shape[1] for s in suites}) != 1:
+        raise ValueError(f"{dataset}: seeds disagree on the number of attack replicates or "
+                         "test inputs")
+    n_rep_value = n_rep.pop()
     floor = 1.0 / n_test
-    draws, rates = replicate_rates([SeedOutcomes(s, _seed_cells(outcomes[s])) for s in seeds],
-                                   samples, rng_seed)
     per_model = {(int(r["seed"]), float(r["lambda"])): r for r in rows
                  if r["dataset"] == dataset}
-    clean = rates[:, :, :n_l]  # (B, S, L)
-    evaded = {"paper": rates[:, :, n_l:n_l + n_l * n_e].reshape(samples, -1, n_l, n_e),
-              "worst": rates[:, :, n_l + n_l * n_e:].reshape(samples, -1, n_l, n_e)}
+    spectral = np.array([[per_model[(s, lam)]["stacked_jacobian_spectral"] for lam in lams]
+                         for s in seeds])
+    shared = np.array([[per_model[(s, lam)]["shared_metric_mean"] for lam in lams]
+                       for s in seeds])
+    model_lams = np.tile(np.array(lams), n_s)
+
+    def statistics_of(draw: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        picked = np.array([s for s, _, _ in draw])
+        parts = [suites[s].rates(reps, w) for s, reps, w in draw]
+        clean = np.stack([p[0] for p in parts])  # (S, L)
+        out: dict[str, Any] = {"clean": clean.mean(axis=0)}
+        for attack, k in (("paper", 1), ("worst", 2)):
+            ev = np.stack([p[k] for p in parts])  # (S, L, E)
+            mean_ev = ev.mean(axis=0)
+            out[attack] = {
+                "rates": mean_ev,
+                "gains": (mean_ev[0][None, :] / np.maximum(mean_ev[1:], floor)
+                          if lams[0] == 0.0 else np.zeros((0, n_e))),
+                "claims": claim_values(model_lams, clean.reshape(-1), ev.reshape(-1, n_e),
+                                       spectral[picked].reshape(-1),
+                                       shared[picked].reshape(-1), floor)}
+        return out
+
+    everything = [(s, np.arange(n_rep_value), np.full(n_test, 1.0 / n_test))
+                  for s in range(n_s)]
+    point = statistics_of(everything)
+    boot = [statistics_of(draw) for draw in
+            hierarchical_draws(n_s, n_rep_value, n_test, samples, rng_seed)]
+
+    def iv(estimate: float, values: list[float] | np.ndarray,
+           bounds: tuple[float, float]) -> tuple[float | None, ...]:
+        return interval(finite_or_none(float(estimate)), values, n_s, method, bounds=bounds)
+
     out: dict[str, Any] = {"samples": samples, "seed": rng_seed, "seeds": seeds,
-                           "n_test": n_test, "rates": [], "clean_accuracy": [], "gains": [],
-                           "claims": {}}
+                           "replicates": n_rep_value, "n_test": n_test,
+                           "method": interval_method_used(method, n_s),
+                           "rates": [], "clean_accuracy": [], "gains": [], "claims": {}}
     for li, lam in enumerate(lams):
-        low, high = percentile_interval(clean[:, :, li].mean(axis=1))
+        low, high = iv(point["clean"][li], [b["clean"][li] for b in boot], UNIT)
         out["clean_accuracy"].append({"lambda": lam, "low": low, "high": high})
-    for attack, ev in evaded.items():
-        mean_ev = ev.mean(axis=1)  # (B, L, E): the mean over the drawn seeds
+    for attack in ("paper", "worst"):
         for li, lam in enumerate(lams):
             for ei, e in enumerate(eps):
-                low, high = percentile_interval(mean_ev[:, li, ei])
+                low, high = iv(point[attack]["rates"][li, ei],
+                               [b[attack]["rates"][li, ei] for b in boot], UNIT)
                 out["rates"].append({"attack": attack, "lambda": lam, "eps": e,
                                      "low": low, "high": high})
                 if li > 0 and lams[0] == 0.0:
-                    gains = mean_ev[:, 0, ei] / np.maximum(mean_ev[:, li, ei], floor)
-                    low, high = percentile_interval(gains)
+                    low, high = iv(point[attack]["gains"][li - 1, ei],
+                                   [b[attack]["gains"][li - 1, ei] for b in boot], POSITIVE)
                     out["gains"].append({"attack": attack, "lambda": lam, "eps": e,
                                          "low": low, "high": high})
-        spectral = np.array([[per_model[(s, lam)]["stacked_jacobian_spectral"] for lam in lams]
-                             for s in seeds])
-        shared = np.array([[per_model[(s, lam)]["shared_metric_mean"] for lam in lams]
-                           for s in seeds])
-        values = {k: [] for k in ("C1", "C2", "C3", "C4")}
-        model_lams = np.tile(np.array(lams), len(seeds))
-        for b in range(samples):
-            picked = draws[b]
-            result = claim_values(
-                model_lams, clean[b].reshape(-1), ev[b].reshape(-1, n_e),
-                spectral[picked].reshape(-1), shared[picked].reshape(-1), floor)
-            for k in values:
-                values[k].append(result[k])
-        out["claims"][attack] = {k: percentile_interval(v) for k, v in values.items()}
+        out["claims"][attack] = {
+            cid: iv(point[attack]["claims"][cid], [b[attack]["claims"][cid] for b in boot],
+                    CLAIM_RANGE[cid])
+            for cid in ("C1", "C2", "C3", "C4")}
     return out
 
 
@@ -159,7 +245,7 @@ def aggregate_run(evaluations: Sequence[Mapping[str, Any]], suites: Sequence[Map
     keyed: dict[tuple[str, str, str], tuple[float | None, float | None]] = {}
     for dataset, per_seed in sorted(by_dataset.items()):
         intervals[dataset] = bootstrap_dataset(dataset, rows, per_seed, int(boot["samples"]),
-                                               int(boot["seed"]))
+                                               int(boot["seed"]), str(boot["interval"]))
         for attack, claim_iv in intervals[dataset]["claims"].items():
             for cid, iv in claim_iv.items():
                 keyed[(dataset, attack, cid)] = iv
@@ -177,5 +263,5 @@ def aggregate_run(evaluations: Sequence[Mapping[str, Any]], suites: Sequence[Map
     }
 
 
-__all__ = ["aggregate_run", "bootstrap_dataset", "finite_or_none", "merge_suite",
+__all__ = ["SeedSuite", "aggregate_run", "bootstrap_dataset", "finite_or_none", "merge_suite",
            "sanity_checks"]

@@ -8,8 +8,9 @@ as passing or flagged with where it failed; a flag never hides a number.
   ball contains the smaller one, so a drop beyond the rate's 95 % interval means the attack
   did not find what it could have;
 - ``transfer_below_strong``: no transferred UAP (crafted on another lambda's model) beats the
-  model's own strong UAP beyond the strong rate's 95 % interval: white-box must not lose to
-  black-box transfer (gradient masking or an under-optimized attack otherwise);
+  model's own strong UAP (its strongest replicate on the attack split) beyond the strong
+  rate's 95 % interval: white-box must not lose to black-box transfer (gradient masking or an
+  under-optimized attack otherwise);
 - ``above_random``: every UAP (paper, strong) evades more test inputs than the random +-eps
   perturbation of the same budget;
 - ``large_budget``: at eps = ``check_eps`` (1.0: the perturbation can erase the input) the
@@ -25,6 +26,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jacreg.attack_suite import family_rates, member_family
+
 LARGE_BUDGET_MIN = 0.8
 Z95 = 1.959963984540054
 
@@ -38,43 +41,58 @@ def _check(name: str, problems: list[str]) -> dict[str, Any]:
     return {"name": name, "passed": not problems, "where": problems}
 
 
+def _strongest(record: Mapping[str, Any]) -> float | None:
+    """Test rate of the strong replicate with the highest attack-split rate (chosen without the
+    test split, as the worst case is); None without a strong member."""
+    names = [m for m in record["test_rates"] if member_family(m) == "strong"]
+    if not names:
+        return None
+    attack = record.get("attack_rates") or {}
+    best = max(names, key=lambda m: (attack.get(m, 0.0), -names.index(m)))
+    return float(record["test_rates"][best])
+
+
 def model_checks(per_eps: Sequence[Mapping[str, Any]], random_rates: Mapping[float, float],
                  large_budget: Mapping[str, Any] | None, n_test: int) -> list[dict[str, Any]]:
     """The four checks of one model. ``per_eps``: the suite's records of that model (eps,
-    ``test_rates`` per member), ``random_rates``: eps -> random +-eps evasion rate."""
+    ``test_rates`` and ``attack_rates`` per member, ``worst``), ``random_rates``: eps -> random
+    +-eps evasion rate. Members with replicates (``paper#r``, ``strong#r``) are checked by
+    their family's mean over the replicates; the strong rate a transfer must not beat is that
+    of the strongest strong replicate."""
     records = sorted(per_eps, key=lambda r: r["eps"])
-    members = list(records[0]["test_rates"]) + ["worst"]
+    families = [family_rates(r["test_rates"]) for r in records]
+    members = list(families[0]) + ["worst"]
 
-    def rate(record: Mapping[str, Any], member: str) -> float:
+    def rate(index: int, member: str) -> float:
         if member == "worst":
-            return record["test_rates"][record["worst"]]
-        return record["test_rates"][member]
+            return records[index]["test_rates"][records[index]["worst"]]
+        return families[index][member]
 
     monotone = []
     for member in members:
-        for lo, hi in zip(records, records[1:], strict=False):
-            a, b = rate(lo, member), rate(hi, member)
+        for i in range(len(records) - 1):
+            a, b = rate(i, member), rate(i + 1, member)
             if b < a - half_width(a, n_test):
-                monotone.append(f"{member}: {a:.4f} at eps={lo['eps']:g} > {b:.4f} at "
-                                f"eps={hi['eps']:g}")
+                monotone.append(f"{member}: {a:.4f} at eps={records[i]['eps']:g} > {b:.4f} at "
+                                f"eps={records[i + 1]['eps']:g}")
     transfer = []
-    for record in records:
-        if "strong" not in record["test_rates"]:
+    for record, family in zip(records, families, strict=True):
+        strong = _strongest(record)
+        if strong is None:
             continue
-        strong = record["test_rates"]["strong"]
         limit = strong + half_width(strong, n_test)
-        for member, value in record["test_rates"].items():
+        for member, value in family.items():
             if member.startswith("transfer:") and value > limit:
                 transfer.append(f"eps={record['eps']:g}: {member} {value:.4f} > strong "
                                 f"{strong:.4f} (+{limit - strong:.4f})")
     random_ = []
-    for record in records:
+    for record, family in zip(records, families, strict=True):
         baseline = random_rates.get(record["eps"])
         if baseline is None:
             continue
         for member in ("paper", "strong"):
-            if member in record["test_rates"] and record["test_rates"][member] <= baseline:
-                random_.append(f"eps={record['eps']:g}: {member} {record['test_rates'][member]:.4f}"
+            if member in family and family[member] <= baseline:
+                random_.append(f"eps={record['eps']:g}: {member} {family[member]:.4f}"
                                f" <= random {baseline:.4f}")
     checks = [_check("monotone_in_eps", monotone), _check("transfer_below_strong", transfer),
               _check("above_random", random_)]

@@ -19,6 +19,7 @@ import torch
 from jacreg import runtime
 from jacreg.config import config_sha256
 from jacreg.io import atomic_open, read_json, save_torch, write_json
+from jacreg.user_code import trust
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -45,16 +46,23 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         raise SystemExit("jacreg prepare: --sources and --digests must be JSON mappings "
                          "dataset -> source, dataset -> {file name: sha256}")
     try:
-        prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir,
-                        source=sources.get(args.dataset),  # None: torchvision's mirrors
-                        digests=digests.get(args.dataset) or None)
+        if args.custom:  # your own dataset: the data.custom entry (jacreg.custom_data)
+            from jacreg.custom_data import prepare_custom
+
+            prepare_custom(args.dataset, json.loads(args.custom), args.out,
+                           raw_dir=args.raw_dir, source=sources.get(args.dataset),
+                           digests=digests.get(args.dataset) or None)
+        else:
+            prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir,
+                            source=sources.get(args.dataset),  # None: torchvision's mirrors
+                            digests=digests.get(args.dataset) or None)
     except (RuntimeError, ValueError) as error:  # ChecksumError, DownloadError: name the cause
         raise SystemExit(f"jacreg prepare {args.dataset}: {error}") from error
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from jacreg.data import get_spec, load_prepared, to_float
-    from jacreg.models import save_checkpoint
+    from jacreg.data import load_prepared_spec, to_float
+    from jacreg.models import architecture_kwargs, save_checkpoint
     from jacreg.train import train_model
 
     log = runtime.setup_logging("train")
@@ -63,8 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     runtime.configure_backends(device)
     runtime.seed_everything(args.seed)
     settings = _settings(args.settings)
-    spec = get_spec(args.dataset)
-    tensors = load_prepared(args.data)
+    tensors, spec = load_prepared_spec(args.data, args.dataset)  # custom: recorded in the file
     x, y = to_float(tensors["x_train"]), tensors["y_train"]
     out = Path(args.out)
     state_path = out.with_name(out.stem + ".resume.pt")
@@ -78,17 +85,29 @@ def cmd_train(args: argparse.Namespace) -> None:
             "threads": threads, "seconds": time.perf_counter() - started,
             "torch": str(torch.__version__)}
     save_checkpoint(model, out, settings["architecture"],
-                    {"in_channels": spec.channels, "num_classes": spec.num_classes,
-                     "image_size": spec.image_size}, meta)
+                    architecture_kwargs(spec.channels, spec.num_classes, spec.image_size,
+                                        settings.get("arch_kwargs")), meta)
     state_path.unlink(missing_ok=True)
     log.info("wrote %s (%.1f s)", out, meta["seconds"])
 
 
+def cmd_import_model(args: argparse.Namespace) -> None:
+    from jacreg.pretrained import import_model
+
+    runtime.setup_logging("import-model")
+    runtime.set_threads(args.threads)
+    try:
+        import_model(args.source, args.out, args.dataset, args.lam, args.seed,
+                     args.architecture, _settings(args.arch_kwargs), args.data)
+    except ValueError as error:
+        raise SystemExit(f"jacreg import-model {args.dataset}: {error}") from error
+
+
 def cmd_attack(args: argparse.Namespace) -> None:
-    from jacreg.attack_suite import StrongSettings, strong_uap
+    from jacreg.attack_suite import StrongSettings, replicate_seed, strong_uap
     from jacreg.data import load_prepared, to_float
     from jacreg.models import load_checkpoint
-    from jacreg.uap import sgd_uap
+    from jacreg.uap import UAP_FORMAT, sgd_uap
 
     log = runtime.setup_logging("attack")
     runtime.set_threads(args.threads)
@@ -97,6 +116,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
     runtime.seed_everything(args.seed)
     settings = _settings(args.settings)
     strong = StrongSettings.from_config(settings.get("strong"))
+    replicates = int(settings.get("replicates", 1))
     eps_list = [float(e) for e in json.loads(args.eps)]
     model = load_checkpoint(args.checkpoint, device=device)
     tensors = load_prepared(args.data)
@@ -105,35 +125,48 @@ def cmd_attack(args: argparse.Namespace) -> None:
     x, y = x.to(device), y.to(device)
     n_strong = min(strong.n_images or len(x), len(x))
     xs, ys = x[:n_strong], y[:n_strong]
-    uaps, strong_uaps, strong_info = [], [], []
-    for eps in eps_list:
-        started = time.perf_counter()
-        v = sgd_uap(model, x, y, eps, epochs=settings["epochs"],
-                    batch_size=settings["batch_size"], beta=settings["beta"],
-                    step_size=settings["step_fraction"] * eps,
-                    target_class=settings.get("target_class"), seed=args.seed, device=device,
-                    progress=True)
-        log.info("paper eps=%g n_images=%d linf=%.4f l2=%.4f seconds=%.1f", eps, len(x),
-                 float(v.abs().max()), float(v.norm()), time.perf_counter() - started)
-        uaps.append(v)
-        if settings.get("target_class") is not None:
-            continue  # the suite is untargeted
-        started = time.perf_counter()
-        result = strong_uap(model, xs, ys, eps, strong, batch_size=settings["batch_size"],
-                            beta=settings["beta"], seed=args.seed, device=device, progress=True)
-        strong_uaps.append(result.uap)
-        strong_info.append({"eps": eps, "crafting_evasion_rate": result.crafting_evasion_rate,
-                            "start": result.start, "epoch": result.epoch,
-                            "loss": result.loss,
-                            "per_start": result.per_start, "n_images": n_strong,
-                            "seconds": time.perf_counter() - started})
-        log.info("strong eps=%g n_images=%d crafting_evasion=%.4f start=%d loss=%s epoch=%d "
-                 "per_run=%s seconds=%.1f", eps, n_strong, result.crafting_evasion_rate,
-                 result.start, result.loss, result.epoch,
-                 [round(r, 4) for r in result.per_start],
-                 strong_info[-1]["seconds"])
+    targeted = settings.get("target_class") is not None  # the suite is untargeted
+    uaps: list[list[torch.Tensor]] = []
+    strong_uaps: list[list[torch.Tensor]] = []
+    strong_info: list[dict[str, Any]] = []
+    for replicate in range(replicates):
+        seed = replicate_seed(args.seed, replicate)  # batch order and random starts
+        paper_r: list[torch.Tensor] = []
+        strong_r: list[torch.Tensor] = []
+        for eps in eps_list:
+            started = time.perf_counter()
+            v = sgd_uap(model, x, y, eps, epochs=settings["epochs"],
+                        batch_size=settings["batch_size"], beta=settings["beta"],
+                        step_size=settings["step_fraction"] * eps,
+                        target_class=settings.get("target_class"), seed=seed, device=device,
+                        progress=True)
+            log.info("paper replicate=%d eps=%g n_images=%d linf=%.4f l2=%.4f seconds=%.1f",
+                     replicate, eps, len(x), float(v.abs().max()), float(v.norm()),
+                     time.perf_counter() - started)
+            paper_r.append(v)
+            if targeted:
+                continue
+            started = time.perf_counter()
+            result = strong_uap(model, xs, ys, eps, strong, batch_size=settings["batch_size"],
+                                beta=settings["beta"], seed=seed, device=device, progress=True)
+            strong_r.append(result.uap)
+            strong_info.append({"replicate": replicate, "eps": eps,
+                                "crafting_evasion_rate": result.crafting_evasion_rate,
+                                "start": result.start, "epoch": result.epoch,
+                                "loss": result.loss, "per_start": result.per_start,
+                                "n_images": n_strong,
+                                "seconds": time.perf_counter() - started})
+            log.info("strong replicate=%d eps=%g n_images=%d crafting_evasion=%.4f start=%d "
+                     "loss=%s epoch=%d per_run=%s seconds=%.1f", replicate, eps, n_strong,
+                     result.crafting_evasion_rate, result.start, result.loss, result.epoch,
+                     [round(r, 4) for r in result.per_start], strong_info[-1]["seconds"])
+        uaps.append(paper_r)
+        if strong_r:
+            strong_uaps.append(strong_r)
     payload: dict[str, Any] = {
-        "eps": torch.tensor(eps_list, dtype=torch.float64), "uaps": torch.stack(uaps),
+        "format": UAP_FORMAT, "replicates": replicates,
+        "eps": torch.tensor(eps_list, dtype=torch.float64),
+        "uaps": torch.stack([torch.stack(r) for r in uaps]),  # (R, E, C, H, W)
         "dataset": args.dataset, "lambda": args.lam, "seed": args.seed, "settings": settings}
     if strong_uaps:
         check = strong_uap(model, xs, ys, strong.check_eps, strong,
@@ -142,7 +175,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
                            epochs=strong.check_epochs)
         log.info("large-budget check eps=%g crafting_evasion=%.4f", strong.check_eps,
                  check.crafting_evasion_rate)
-        payload.update({"strong_uaps": torch.stack(strong_uaps), "strong_info": strong_info,
+        payload.update({"strong_uaps": torch.stack([torch.stack(r) for r in strong_uaps]),
+                        "strong_info": strong_info,
                         "check_eps": strong.check_eps, "check_uap": check.uap,
                         "check_crafting_evasion_rate": check.crafting_evasion_rate})
     save_torch(payload, args.out)
@@ -170,7 +204,8 @@ def cmd_suite(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     summary, outcomes = evaluate_suite(args.checkpoints, args.uaps, lambdas, args.data,
                                        args.dataset, args.seed, args.attack_images,
-                                       args.batch_size, device)
+                                       args.batch_size, device,
+                                       _settings(args.settings) if args.settings else None)
     save_torch(outcomes, args.outcomes)
     write_json(summary, args.out)
     log.info("wrote %s and %s (%d models x %d eps, %.1f s)", args.out, args.outcomes,
@@ -221,6 +256,18 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     log.info("aggregated in %.1f s", time.perf_counter() - started)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from jacreg.compare import compare_runs, format_comparison
+
+    result = compare_runs(read_json(args.a), read_json(args.b))
+    print(format_comparison(result))
+    if args.out:
+        write_json(result, args.out)
+        print(f"wrote {args.out}")
+    if result["claims_agree"] < result["claims_total"] and not args.report_only:
+        raise SystemExit(1)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from jacreg.report import render_report
 
@@ -232,6 +279,12 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jacreg", description=__doc__)
+    parser.add_argument("--allow-architecture", action="append", default=[], metavar="IMPORT",
+                        help="an import path 'package.module:factory' the configuration names; "
+                             "checkpoints naming any other are refused (repeatable)")
+    parser.add_argument("--code-dir", action="append", default=[], metavar="DIR",
+                        help="a folder searched first for those modules (config "
+                             "models.code_dirs; repeatable)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="download/verify/convert a dataset into a tensor file")
@@ -245,8 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digests", default="",
                    help="JSON mapping dataset -> {file name: sha256 of its decompressed content} "
                         "replacing the recorded digests (config data.digests)")
+    p.add_argument("--custom", default="",
+                   help="JSON: the config's data.custom entry of this dataset (your own data)")
     _common(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("import-model",
+                       help="turn a state dict trained elsewhere into a jacreg checkpoint")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--lam", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--source", required=True, help="the state-dict file (weights-only)")
+    p.add_argument("--data", required=True, help="the prepared dataset")
+    p.add_argument("--architecture", required=True, help="import path package.module:factory")
+    p.add_argument("--arch-kwargs", default="{}", help="JSON keyword arguments of the factory")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_import_model)
 
     model_args = [("--dataset", str), ("--lam", float), ("--seed", int)]
     p = sub.add_parser("train", help="train one model at one lambda and seed")
@@ -290,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-images", type=int, required=True,
                    help="the first n attack-split images, on which the worst member is chosen")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--settings", default="",
+                   help="JSON attack settings (config attack): the warm-start members' "
+                        "attack.strong.warm_epochs, batch_size and beta")
     p.add_argument("--out", required=True, help="JSON summary")
     p.add_argument("--outcomes", required=True, help="per-input test outcomes (.pt)")
     _common(p)
@@ -306,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve", default=None, help="CSV of the seed-averaged evasion curves")
     p.set_defaults(func=cmd_aggregate)
 
+    p = sub.add_parser("compare", help="do two runs of one profile reach the same verdicts? "
+                                       "(the second-machine check)")
+    p.add_argument("a", help="metrics.json of run A")
+    p.add_argument("b", help="metrics.json of run B")
+    p.add_argument("--out", default=None, help="write the comparison as JSON")
+    p.add_argument("--report-only", action="store_true",
+                   help="exit 0 even when a claim x attack pair disagrees (default: exit 1)")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("report", help="figures and the self-contained HTML report")
     p.add_argument("--metrics", required=True)
     p.add_argument("--evals", nargs="+", required=True)
@@ -320,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    trust(args.allow_architecture, args.code_dir)  # what checkpoints may import (config)
     args.func(args)
 
 

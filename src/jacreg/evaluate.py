@@ -11,6 +11,9 @@ For one trained model and its UAPs (one per eps) this computes, in one pass of e
       ||f(X+v) - f(X)||  ~  ||J_X v||  <=  ||J_X||_2 ||v||_2  <=  ||J_X||_F ||v||_2,
 
   plus the cosine between the UAP and the top right singular vector of J_X;
+- with R attack replicates (``attack.replicates``), every UAP quantity of a row is the mean over
+  the R replicates of the paper attack and the per-replicate evasion and fooling rates are
+  kept; ``bound_violations`` counts the replicates whose chain above is violated;
 - the shared-perturbation metric s_ij over ``analysis.n_pairs`` random pairs, with the
   singular-vector cosine, and its K x K class-pair matrix;
 - the per-input contrast: the PGD evasion rate per eps (L-infinity, ``analysis.pgd_steps``
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 
-from jacreg.data import get_spec, load_prepared, to_float
+from jacreg.data import load_prepared_spec, to_float
 from jacreg.io import load_torch
 from jacreg.jacobian import (
     class_pair_matrix,
@@ -47,6 +50,7 @@ from jacreg.metrics import (
 )
 from jacreg.models import load_checkpoint
 from jacreg.pgd import pgd_attack
+from jacreg.uap import replicate_uaps
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +72,22 @@ def _stacked_logit_change(model: torch.nn.Module, x: torch.Tensor, v: torch.Tens
 
 
 def load_uaps(path: str | Path) -> tuple[list[float], torch.Tensor]:
-    """(eps list, tensor E x C x H x W) from a UAP file, weights-only."""
+    """(eps list, tensor R x E x C x H x W of the paper attack's R replicates) from a UAP file,
+    weights-only."""
     payload = load_torch(path)
-    return [float(e) for e in payload["eps"]], payload["uaps"]
+    return [float(e) for e in payload["eps"]], replicate_uaps(payload)
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values))
 
 
 def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str | Path,
                    dataset: str, lam: float, seed: int, settings: dict[str, Any],
                    device: torch.device) -> dict[str, Any]:
     """All metrics of one model; returns a dict with ``rows`` (one per eps) and the class matrix."""
-    spec = get_spec(dataset)
     model = load_checkpoint(checkpoint, device=device)
-    tensors = load_prepared(data_file)
+    tensors, spec = load_prepared_spec(data_file, dataset)  # custom: recorded in the file
     x_test, y_test = to_float(tensors["x_test"]), tensors["y_test"]
     eps_list, uaps = load_uaps(uap_file)
     batch = settings["batch_size"]
@@ -105,13 +113,21 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
 
     rows = []
     noise_gen = torch.Generator().manual_seed(seed + 7_000_001)
-    for eps, v in zip(eps_list, uaps, strict=True):
-        adv_pred = predict(model, x_test, v, batch_size=batch)
-        noise = random_sign_perturbation(v.shape, eps, noise_gen)
+    for k, eps in enumerate(eps_list):
+        replicas = uaps[:, k]  # the R replicates of the paper attack at this eps
+        adv_preds = [predict(model, x_test, v, batch_size=batch) for v in replicas]
+        noise = random_sign_perturbation(replicas[0].shape, eps, noise_gen)
         noise_pred = predict(model, x_test, noise, batch_size=batch)
-        v_norm = float(v.double().norm())
-        top_cos = float((v.reshape(-1).double() @ stats.stacked_top_vector.double()).abs()
-                        / max(v_norm, 1e-30))
+        v_norms = [float(v.double().norm()) for v in replicas]
+        top_cos = [float((v.reshape(-1).double() @ stats.stacked_top_vector.double()).abs()
+                         / max(norm, 1e-30)) for v, norm in zip(replicas, v_norms, strict=True)]
+        linearized = [linearized_logit_change(jac, v) for v in replicas]
+        spectral = [stats.stacked_spectral * norm for norm in v_norms]
+        frobenius = [stats.stacked_frobenius * norm for norm in v_norms]
+        violations = sum(1 for lin, sb, fb in zip(linearized, spectral, frobenius, strict=True)
+                         if lin > sb * (1 + 1e-5) + 1e-9 or sb > fb * (1 + 1e-5) + 1e-9)
+        evasion = [uap_evasion_rate(p, y_test) for p in adv_preds]
+        fooling = [uap_fooling_rate(clean_pred, p) for p in adv_preds]
         pgd_rate = None
         if n_pgd > 0:
             started = time.perf_counter()
@@ -121,11 +137,16 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
             log.info("eps=%g pgd_evasion=%.4f n=%d steps=%d linf=%.4f seconds=%.2f", eps,
                      pgd_rate, n_pgd, pgd_steps, float((x_adv - x_pgd).abs().max()),
                      time.perf_counter() - started)
+        # UAP quantities are means over the R replicates of the paper attack (the expected
+        # outcome of the authors' procedure); the per-replicate rates are kept beside them
         row = {
             "dataset": dataset, "lambda": float(lam), "seed": int(seed), "eps": float(eps),
             "clean_accuracy": clean_acc, "clean_error": 1.0 - clean_acc,
-            "uap_evasion_rate": uap_evasion_rate(adv_pred, y_test),
-            "uap_fooling_rate": uap_fooling_rate(clean_pred, adv_pred),
+            "uap_evasion_rate": _mean(evasion),
+            "uap_fooling_rate": _mean(fooling),
+            "uap_replicates": len(replicas),
+            "uap_evasion_rate_replicates": evasion,
+            "uap_fooling_rate_replicates": fooling,
             "random_evasion_rate": uap_evasion_rate(noise_pred, y_test),
             "random_fooling_rate": uap_fooling_rate(clean_pred, noise_pred),
             "jacobian_frobenius": float(stats.frobenius.mean()),
@@ -134,14 +155,17 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
             "stacked_jacobian_frobenius": stats.stacked_frobenius,
             "shared_metric_mean": float(scores.mean()),
             "shared_cosine_mean": float(cosines.mean()),
-            "uap_l2_norm": v_norm,
-            "uap_top_singular_cosine": top_cos,
-            "linearized_logit_change": linearized_logit_change(jac, v),
-            "spectral_bound": stats.stacked_spectral * v_norm,
-            "frobenius_bound": stats.stacked_frobenius * v_norm,
-            "actual_logit_change": _stacked_logit_change(model, x_an, v, batch),
+            "uap_l2_norm": _mean(v_norms),
+            "uap_top_singular_cosine": _mean(top_cos),
+            "linearized_logit_change": _mean(linearized),
+            "spectral_bound": _mean(spectral),
+            "frobenius_bound": _mean(frobenius),
+            "bound_violations": violations,
+            "actual_logit_change": _mean([_stacked_logit_change(model, x_an, v, batch)
+                                          for v in replicas]),
             "pgd_evasion_rate": pgd_rate,
-            "uap_evasion_rate_pgd_inputs": (uap_evasion_rate(adv_pred[:n_pgd], y_pgd)
+            "uap_evasion_rate_pgd_inputs": (_mean([uap_evasion_rate(p[:n_pgd], y_pgd)
+                                                   for p in adv_preds])
                                             if n_pgd > 0 else None),
             "pgd_n_inputs": n_pgd, "pgd_steps": pgd_steps,
             "pgd_step_size": 2.5 * float(eps) / max(pgd_steps, 1),

@@ -37,6 +37,7 @@ from jacreg.report_data import (  # noqa: E402
     _unique,
     _write,
 )
+from jacreg.uap import replicate_uaps  # noqa: E402
 
 FIGURES: tuple[tuple[str, str, str], ...] = (
     ("evasion_vs_eps.png", "UAP evasion rate vs perturbation budget",
@@ -198,7 +199,7 @@ def _fig_uaps(rows: list[Row], datasets: list[str], uaps: list[dict[str, Any]]) 
             eps_t = np.asarray(u["eps"], dtype=float).reshape(-1)
             k = int(np.argmax(eps_t))
             eps = float(eps_t[k])
-            v = np.asarray(u["uaps"][k], dtype=float)
+            v = np.asarray(replicate_uaps(u)[0, k], dtype=float)  # replicate 0
             match = [r for r in rows if r["dataset"] == ds and _f(r["lambda"]) == lam
                      and int(r["seed"]) == int(u["seed"])
                      and math.isclose(_f(r["eps"]), eps, rel_tol=1e-6)]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from jacreg.models import eval_mode
 from jacreg.runtime import progress as progress_bar
 
 
@@ -120,14 +121,19 @@ JACOBIAN_METHOD = {"cpu": "loop", "cuda": "loop"}
 
 def per_sample_jacobians(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
                          progress: bool = False) -> torch.Tensor:
-    """Exact J(x_i) for every input, shape (N, K, d): K vector-Jacobian products per batch."""
+    """Exact J(x_i) for every input, shape (N, K, d): K vector-Jacobian products per batch.
+
+    The model runs in eval mode (its mode is restored after): with BatchNorm or Dropout the
+    Jacobians are those of the deployed model, independent of the batch and of random masks.
+    """
     device = next(model.parameters()).device
     compute = JACOBIAN_METHODS[JACOBIAN_METHOD.get(device.type, "loop")]
     chunks = []
-    for start in progress_bar(range(0, len(x), batch_size), desc="jacobians",
-                              disable=not progress, every=0.25):
-        xb = x[start:start + batch_size].to(device)
-        chunks.append(compute(model, xb).detach())
+    with eval_mode(model):
+        for start in progress_bar(range(0, len(x), batch_size), desc="jacobians",
+                                  disable=not progress, every=0.25):
+            xb = x[start:start + batch_size].to(device)
+            chunks.append(compute(model, xb).detach())
     return torch.cat(chunks)
 
 

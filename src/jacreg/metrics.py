@@ -23,19 +23,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from jacreg.models import eval_mode
+
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, perturbation: torch.Tensor | None = None,
             batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes of ``model`` on clip(x + perturbation, 0, 1) (or on x)."""
+    """Predicted classes of ``model`` (in eval mode) on clip(x + perturbation, 0, 1) (or on x)."""
     device = next(model.parameters()).device
     v = perturbation.to(device) if perturbation is not None else None
     out = []
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
-        if v is not None:
-            xb = (xb + v).clamp_(0.0, 1.0)
-        out.append(model(xb).argmax(1).cpu())
+    with eval_mode(model):
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device, non_blocking=True)
+            if v is not None:
+                xb = (xb + v).clamp_(0.0, 1.0)
+            out.append(model(xb).argmax(1).cpu())
     return torch.cat(out)
 
 

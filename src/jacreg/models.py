@@ -6,12 +6,19 @@ A checkpoint is a plain dict of tensors and primitives::
      "state_dict": {...}, "meta": {...}}
 
 and is always read with ``torch.load(weights_only=True)``, so a file carrying a pickled object
-that would run code is refused instead of executed.
+that would run code is refused instead of executed. ``architecture`` is a registry name or an
+import path ``"package.module:factory"`` (:mod:`jacreg.user_code`); a checkpoint naming an import
+path that the configuration does not name is refused before its module is imported.
+
+Every analysis and attack runs the model in eval mode (:func:`eval_mode`): BatchNorm uses its
+running statistics and Dropout is off, so a model's outputs, Jacobians and UAPs do not depend on
+the batch it is evaluated in or on random masks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ import torch
 from torch import nn
 
 from jacreg.io import load_torch, save_torch
+from jacreg.user_code import DATA_KWARGS, is_import_path, load_factory
 
 CHECKPOINT_FORMAT = "jacreg-checkpoint-v1"
 
@@ -106,13 +114,76 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(architecture: str, **arch_kwargs: Any) -> nn.Module:
-    """Instantiate a registered architecture."""
+def build_model(architecture: str, *, origin: str = "architecture",
+                allowed: Iterable[str] | None = None,
+                code_dirs: Iterable[str | Path] | None = None, **arch_kwargs: Any) -> nn.Module:
+    """Instantiate a registered architecture or call the factory of an import path.
+
+    Import paths must be allowed (``allowed``, default: :func:`jacreg.user_code.trust`'s list);
+    ``origin`` names the config key or file the architecture came from, for the messages.
+    """
+    if is_import_path(architecture):
+        factory = load_factory(architecture, allowed, code_dirs, origin=origin)
+        try:
+            model = factory(**arch_kwargs)
+        except TypeError as error:
+            raise ValueError(f"{origin}: {architecture}({_kwargs_text(arch_kwargs)}) failed: "
+                             f"{error}; a factory takes in_channels, num_classes and image_size "
+                             "(from the data) plus the arch_kwargs of the config") from error
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{origin}: {architecture} returned {type(model).__name__}, not a "
+                             "torch.nn.Module")
+        return model
     if architecture not in ARCHITECTURES:
         raise ValueError(
-            f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}"
+            f"{origin}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}, "
+            "or an import path 'package.module:factory'"
         )
     return ARCHITECTURES[architecture](**arch_kwargs)
+
+
+def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def architecture_kwargs(channels: int, num_classes: int, image_size: int | tuple[int, int],
+                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments of a factory: the data's shape, then the config's ``arch_kwargs``
+    (which may not set the data's keys)."""
+    clash = sorted(set(extra or {}) & set(DATA_KWARGS))
+    if clash:
+        raise ValueError(f"arch_kwargs may not set {clash}: they come from the data")
+    size: Any = image_size if isinstance(image_size, int) else list(image_size)
+    return {"in_channels": int(channels), "num_classes": int(num_classes), "image_size": size,
+            **dict(extra or {})}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (running BatchNorm statistics, no Dropout), then restore."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def check_logits(model: nn.Module, channels: int, height: int, width: int, num_classes: int,
+                 origin: str) -> None:
+    """Fail with a message naming ``origin`` unless the model maps (2, C, H, W) to (2, K)."""
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    shape = (2, channels, height, width)
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(torch.zeros(shape, device=device))
+    except Exception as error:  # the user's forward: any failure is a wrong model for the data
+        raise ValueError(f"{origin}: the model fails on inputs of shape {shape}: "
+                         f"{type(error).__name__}: {error}") from error
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{origin}: the model maps inputs {shape} to {got}; expected logits of "
+                         f"shape (2, {num_classes}) for the data's {num_classes} classes")
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, architecture: str,
@@ -124,24 +195,36 @@ def save_checkpoint(model: nn.Module, path: str | Path, architecture: str,
                path)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    allowed: Iterable[str] | None = None,
+                    code_dirs: Iterable[str | Path] | None = None) -> nn.Module:
     """Load a checkpoint weights-only and return the model in eval mode.
 
-    Refuses files that are not jacreg checkpoints, that would unpickle arbitrary objects, or whose
-    weights do not match the architecture they name.
+    Refuses files that are not jacreg checkpoints, that would unpickle arbitrary objects, whose
+    weights do not match the architecture they name, or that name an import path outside
+    ``allowed`` (default: the list the configuration names, :func:`jacreg.user_code.trust`;
+    refused before the module is imported).
     """
     payload = load_torch(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a jacreg checkpoint (expected format {CHECKPOINT_FORMAT})")
     try:
-        model = build_model(payload["architecture"], **dict(payload["arch_kwargs"]))
+        architecture = payload["architecture"]
+        kwargs = dict(payload["arch_kwargs"])
+        if not isinstance(architecture, str):
+            raise TypeError(f"architecture is {type(architecture).__name__}, not a string")
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: malformed jacreg checkpoint: {error}") from error
     try:
+        model = build_model(architecture, origin=str(path), allowed=allowed,
+                            code_dirs=code_dirs, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"{path}: malformed jacreg checkpoint: {error}") from error
+    try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as error:
+    except (KeyError, RuntimeError) as error:
         raise ValueError(
-            f"{path}: weights do not match architecture {payload['architecture']!r}: "
+            f"{path}: weights do not match architecture {architecture!r}: "
             f"{str(error).splitlines()[0]}"
         ) from error
     model.checkpoint_meta = payload.get("meta", {})  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from jacreg import runtime
 from jacreg.data import DatasetSpec
 from jacreg.io import load_torch, save_torch
 from jacreg.jacobian import jacobian_penalty
-from jacreg.models import build_model
+from jacreg.models import architecture_kwargs, build_model, check_logits
 from jacreg.uap import take_rows
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,24 @@ def train_model(x: torch.Tensor, y: torch.Tensor, spec: DatasetSpec, settings: d
                 lam: float, seed: int, device: torch.device,
                 state_path: str | Path | None = None,
                 progress: bool = True) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Train ``settings['architecture']`` on ``(x, y)`` (floats in [0, 1]) with strength ``lam``.
+    """Train ``settings['architecture']`` (with ``settings['arch_kwargs']``, if any) on
+    ``(x, y)`` (floats in [0, 1]) with strength ``lam``.
 
     Returns the model (eval mode) and one history entry per epoch.
+
+    Batch-coupled layers: the penalty is taken in train mode, on the same forward pass as the
+    cross-entropy. With BatchNorm, the batch statistics depend on every input of the batch, so
+    the vector-Jacobian product of sample b also carries the O(1/B) terms through the other
+    samples' normalization; with Dropout it is the Jacobian of the sub-network of that step's
+    mask. The analysis and the attacks measure the eval-mode model (docs/custom.md).
     """
     torch.manual_seed(seed)
-    arch_kwargs = {"in_channels": spec.channels, "num_classes": spec.num_classes,
-                   "image_size": spec.image_size}
-    model = build_model(settings["architecture"], **arch_kwargs).to(device)
+    arch_kwargs = architecture_kwargs(spec.channels, spec.num_classes, spec.image_size,
+                                      settings.get("arch_kwargs"))
+    model = build_model(settings["architecture"], origin="config key 'train.architecture'",
+                        **arch_kwargs).to(device)
+    check_logits(model, spec.channels, spec.height, spec.width, spec.num_classes,
+                 f"train.architecture {settings['architecture']!r} on {spec.name}")
     optimizer = make_optimizer(model, settings)
     if settings.get("schedule", "constant") == "cosine":
         scheduler: torch.optim.lr_scheduler.LRScheduler = (

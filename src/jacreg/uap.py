@@ -30,6 +30,17 @@ def take_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.index_select(0, idx) if t.device.type == "cpu" else t[idx]
 
 
+UAP_FORMAT = "jacreg-uaps-v2"  # uaps / strong_uaps: (replicates, eps, C, H, W)
+
+
+def replicate_uaps(payload: dict, key: str = "uaps") -> torch.Tensor:
+    """The perturbations ``payload[key]`` of a UAP file as (R, E, C, H, W): R attack replicates
+    (``attack.replicates``) by E budgets. Files written before replicates existed hold one run,
+    (E, C, H, W), and read as R = 1."""
+    uaps = payload[key]
+    return uaps if uaps.dim() == 5 else uaps.unsqueeze(0)
+
+
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per input: max_{j != y} z_j - z_y (positive iff misclassified)."""
     true = logits.gather(1, labels[:, None])[:, 0]

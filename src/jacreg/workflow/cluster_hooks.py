@@ -3,12 +3,12 @@
 ``rules/cluster.smk`` calls them:
 
 - :func:`on_parse`, while the Snakefile is read, in the main Snakemake process only: claims the
-  working directory (:mod:`jacreg.workdir_lock`) and, when no other Snakemake process is alive
-  there, removes the ``.snakemake/locks`` that a killed one left, so that rerunning the same
-  command works after SIGKILL, an OOM kill or a reboot.
+  working directory (:mod:`jacreg.workflow.workdir_lock`) and, when no other Snakemake process
+  is alive there, removes the ``.snakemake/locks`` that a killed one left, so that rerunning the
+  same command works after SIGKILL, an OOM kill or a reboot.
 - :func:`on_start`, from ``onstart:`` (after the DAG is built, before the first job), only with
   ``--executor slurm``: the pre-flight check of every cluster job's request against its partition
-  (:mod:`jacreg.slurm_check`; ``JACREG_SLURM_CAP=1`` lowers requests instead of stopping),
+  (:mod:`jacreg.workflow.slurm_check`; ``JACREG_SLURM_CAP=1`` lowers requests instead of stopping),
   cancelling the jobs that a dead Snakemake left running for outputs this run makes, a thread that
   reports jobs pending for a reason that never clears (``JACREG_SLURM_STUCK_AFTER`` seconds,
   default 300), a second SIGTERM that cancels, and a last sweep of this run's jobs at exit.
@@ -29,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from jacreg import slurm_check as sc
-from jacreg import workdir_lock
+from jacreg.workflow import slurm_check as sc
+from jacreg.workflow import workdir_lock
 
 SLURM_EXECUTORS = {"slurm"}
 

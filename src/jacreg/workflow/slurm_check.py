@@ -628,7 +628,7 @@ def format_findings(result: CheckResult, partitions: Mapping[str, Partition],
                      "--set-threads/--set-resources in effect, which it replaces)")
         lines.append("    " + " ".join(override))
     lines.append(f"or let the workflow lower every request to the largest node of its partition: "
-                 f"{CAP_ENV}=1 before the command (README, \"Running on a cluster (SLURM)\").")
+                 f"{CAP_ENV}=1 before the command (docs/cluster.md).")
     return "\n".join(lines)
 
 
@@ -800,7 +800,7 @@ class StuckTracker:
                     f"SLURM job {job.jobid} ({what}) has been PENDING for {now - start:.0f} s "
                     f"with reason {job.reason}, which will not clear by itself: {why}. "
                     "Fix the request or the account/partition and rerun; Ctrl-C cancels this "
-                    "run's jobs (README, \"Running on a cluster (SLURM)\").")
+                    "run's jobs (docs/cluster.md).")
         self.since = {k: v for k, v in self.since.items() if k in current}
         return messages
 
