@@ -15,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/pretrained.smk"
 include: "rules/attack.smk"
+include: "rules/convergence.smk"  # before evaluate.smk: the aggregate takes its outputs
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

@@ -12,8 +12,14 @@ rule evaluate:
     output:
         f"{RESULTS}/eval/{{dataset}}/lam{{lam}}_seed{{seed}}.json",
     params:
+        # what evaluate uses: the claims, the bootstrap, convergence and the report do not
+        # change a model's rates, so changing them reruns no evaluation
         settings=as_json(
-            {k: v for k, v in config["analysis"].items() if k not in ("claims", "report", "device")}
+            {
+                k: v
+                for k, v in config["analysis"].items()
+                if k not in ("claims", "report", "device", "bootstrap", "convergence")
+            }
         ),
         lam=lambda wc: LAMBDAS[wc.lam],
         device=device_of("analysis"),
@@ -89,6 +95,7 @@ rule aggregate:
         evals=model_paths("eval", "json"),
         suites=SUITE_FILES,
         outcomes=OUTCOME_FILES,
+        convergence=CONVERGENCE_FILES,
     output:
         metrics=f"reports/{RUN}/metrics.json",
         curve=f"reports/{RUN}/evasion_vs_eps.csv",
@@ -110,7 +117,7 @@ rule aggregate:
         runtime=10,
     shell:
         "{JACREG} aggregate --evals {input.evals:q} --suites {input.suites:q} "
-        "--outcomes {input.outcomes:q} "
+        "--outcomes {input.outcomes:q} --convergence {input.convergence:q} "
         "--config {params.config:q} "
         "--out {output.metrics:q} --curve {output.curve:q} "
         "> {log:q} 2>&1"

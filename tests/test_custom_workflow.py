@@ -128,20 +128,32 @@ def test_checkpoints_trained_elsewhere_are_scored_without_training(workdir: Path
     counts = job_counts(snakemake(workdir, "-n", "--configfile", "scored.yaml").stdout)
     assert "train" not in counts and counts["import_model"] == 2, counts
     assert counts["attack"] == counts["evaluate"] == 2 and counts["report"] == 1, counts
-    models = [f"results/scored/models/digits/lam{lam}_seed0.pt" for lam in ("0", "1")]
-    snakemake(workdir, *models, "--cores", "2", "--configfile", "scored.yaml")
-    for lam, path in zip(("0", "1"), models, strict=True):
-        imported = torch.load(workdir / path, weights_only=True)
-        trained = torch.load(workdir / f"results/ex/models/digits/lam{lam}_seed0.pt",
-                             weights_only=True)
-        assert imported["architecture"] == trained["architecture"]
-        assert imported["arch_kwargs"] == trained["arch_kwargs"]
-        assert imported["meta"]["pretrained"] and imported["meta"]["lambda"] == float(lam)
-        assert imported["meta"]["clean_accuracy"] == pytest.approx(
-            json.loads((workdir / f"results/ex/eval/digits/lam{lam}_seed0.json").read_text())
-            ["rows"][0]["clean_accuracy"])
-        for key, value in trained["state_dict"].items():
-            assert torch.equal(imported["state_dict"][key], value), key
+    # the import job's command, run here: a jacreg checkpoint with the same weights
+    from jacreg.cli import main
+    from jacreg.user_code import trust, trusted
+
+    imported = workdir / "imported.pt"
+    before, threads = trusted(), torch.get_num_threads()
+    try:
+        main(["--allow-architecture", "digits_net:build", "--code-dir",
+              str(workdir / "examples/custom"), "import-model", "--dataset", "digits",
+              "--lam", "1", "--seed", "0", "--source", str(workdir / entries[1]["path"]),
+              "--data", str(workdir / "data/prepared/digits.pt"),
+              "--architecture", "digits_net:build", "--arch-kwargs",
+              json.dumps({"width": 4, "dropout": 0.1}), "--out", str(imported)])
+    finally:
+        trust(before.architectures, before.code_dirs)
+        torch.set_num_threads(threads)
+    payload = torch.load(imported, weights_only=True)
+    trained = torch.load(workdir / "results/ex/models/digits/lam1_seed0.pt", weights_only=True)
+    assert payload["architecture"] == trained["architecture"]
+    assert payload["arch_kwargs"] == trained["arch_kwargs"]
+    assert payload["meta"]["pretrained"] and payload["meta"]["lambda"] == 1.0
+    evaluation = json.loads((workdir / "results/ex/eval/digits/lam1_seed0.json").read_text())
+    assert payload["meta"]["clean_accuracy"] == pytest.approx(
+        evaluation["rows"][0]["clean_accuracy"])
+    for key, value in trained["state_dict"].items():
+        assert torch.equal(payload["state_dict"][key], value), key
 
 
 @pytest.mark.workflow

@@ -417,3 +417,62 @@ def test_workflow_wall_time_is_the_span_of_the_jobs(tmp_path: Path) -> None:
     os.utime(late, (5000.0, 5000.0))
     assert _job_span([*paths, late]) == pytest.approx(1300.0 - 950.0)
     assert _job_span([]) is None
+
+
+def test_markup_in_dataset_names_and_notes_is_escaped(run: dict[str, Any]) -> None:
+    """The template autoescapes every value: a dataset name or a profile's note with markup in
+    it shows as text, never as markup (the page has no script and no injected tag)."""
+    evil = "mnist<script>alert(2)</script>"
+    metrics = json.loads(Path(run["metrics"]).read_text())
+    for entry in (*metrics["rows"], *metrics["claims"], *metrics["checks"]):
+        entry["dataset"] = evil
+    metrics["intervals"] = {evil: metrics["intervals"]["mnist5k"]}
+    metrics["transfer"] = {evil: metrics["transfer"]["mnist5k"]}
+    metrics["config"]["datasets"] = [evil]
+    metrics["config"]["epsilons"] = {evil: EPS}
+    metrics["config"]["notes"] = {"<b>a setting</b>": "a note <script>alert(3)</script> & 'so'"}
+    Path(run["metrics"]).write_text(json.dumps(metrics))
+    _, page = _render(run)
+    assert "<script" not in page and "<b>a setting" not in page
+    escaped = "mnist&lt;script&gt;alert(2)&lt;/script&gt;"
+    assert f"<tr><td>C1</td><td>{escaped}</td>" in page  # claims
+    assert f"<tr><td>{escaped}</td><td>0.5</td>" in page  # results, suite, checks
+    assert f"<td>data splits ({escaped})</td>" in page  # differences from the paper
+    assert f"<b>{escaped} — C1 at the accuracy-preserving λ</b>" in page
+    assert ("<td>&lt;b&gt;a setting&lt;/b&gt;</td>"
+            "<td>a note &lt;script&gt;alert(3)&lt;/script&gt; &amp; &#39;so&#39;</td>") in page
+
+
+def test_the_template_ships_with_the_package() -> None:
+    """Every file the report renders from is package data (pyproject.toml), so a wheel install
+    renders the same page as this checkout."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    from jacreg import report
+
+    root = Path(report.__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["jacreg"]
+    files = sorted(p.relative_to(root / "src" / "jacreg").as_posix()
+                   for p in report.TEMPLATE_DIR.iterdir())
+    assert report.TEMPLATE in [Path(f).name for f in files]
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
+
+
+def test_convergence_section_shows_every_gap_and_the_largest(run: dict[str, Any]) -> None:
+    _, page = _render(run)
+    assert "Attack convergence" not in page  # no long runs in this run
+    from jacreg.convergence import summarize
+    results = [{"dataset": "mnist5k", "lambda": lam, "seed": 0, "factor": 10,
+                "per_eps": [{"eps": 0.3, "shipped_worst_member": "strong#1",
+                             "shipped_worst_evasion_rate": 0.5,
+                             "long_run_evasion_rate": 0.5 + gap, "gap": gap}]}
+               for lam, gap in ((0.0, 0.012), (1.0, -0.004))]
+    metrics = json.loads(Path(run["metrics"]).read_text())
+    metrics["convergence"] = summarize(results)
+    Path(run["metrics"]).write_text(json.dumps(metrics))
+    _, page = _render(run)
+    assert "<h3>Attack convergence</h3>" in page
+    assert "10× the restarts and epochs; largest gap +0.012 (λ = 0, seed 0, ε = 0.3)" in page
+    assert "+0.012" in page and "-0.004" in page and "strong#1" in page

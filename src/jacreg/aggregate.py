@@ -26,6 +26,7 @@ from jacreg.bootstrap import (
     interval_method_used,
 )
 from jacreg.claims import attach_verdicts, claim_values, evaluate_claims
+from jacreg.convergence import summarize as summarize_convergence
 from jacreg.metrics import aggregate_transfer
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ def sanity_checks(rows: list[dict[str, Any]],
 class SeedSuite:
     """What the bootstrap resamples of one seed (see :func:`jacreg.attack_suite.evaluate_suite`):
     ``clean`` (L, n) and ``evaded`` (L, E, M, n) as 0/1 per test input, ``attack_rates``
-    (L, E, M), and each member's replicate ``member_replicate`` (M,), -1 for transfers."""
+    (L, E, M), and each member's replicate ``member_replicate`` (M,), -1 for transfers and warm
+    starts."""
 
     clean: np.ndarray
     evaded: np.ndarray
@@ -115,7 +117,7 @@ class SeedSuite:
         if not (replicate == replicate[0]).all():
             raise ValueError("members differ in order between lambdas")
         return cls(clean=outcomes["clean_correct"].numpy().astype(np.float64),
-                   evaded=outcomes["evaded"].numpy().astype(np.float32),
+                   evaded=outcomes["evaded"].numpy().astype(np.float64),
                    attack_rates=outcomes["attack_rates"].numpy(),
                    member_replicate=replicate[0])
 
@@ -134,8 +136,7 @@ class SeedSuite:
         members and the transfers, with the highest attack-split rate (ties: the earlier
         member), scored on test inputs weighted by ``weights`` (summing to 1)."""
         n_l, n_e, n_m, n = self.evaded.shape
-        evaded = (self.evaded.reshape(-1, n) @ weights.astype(np.float32)).reshape(
-            n_l, n_e, n_m).astype(np.float64)
+        evaded = (self.evaded.reshape(-1, n) @ weights).reshape(n_l, n_e, n_m)
         paper = evaded[:, :, self.paper_members()[replicates]].mean(axis=2)
         allowed = np.isin(self.member_replicate, replicates) | (self.member_replicate < 0)
         scores = np.where(allowed, self.attack_rates, -np.inf)
@@ -225,8 +226,8 @@ def bootstrap_dataset(dataset: str, rows: list[dict[str, Any]],
 
 
 def aggregate_run(evaluations: Sequence[Mapping[str, Any]], suites: Sequence[Mapping[str, Any]],
-                  outcomes: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
-                  ) -> dict[str, Any]:
+                  outcomes: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+                  convergence: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Rows, checks, claims (both attacks, with intervals and verdicts), bootstrap intervals
     and the transfer section of one run; the caller adds provenance."""
     rows = sorted((dict(row) for ev in evaluations for row in ev["rows"]),
@@ -256,6 +257,7 @@ def aggregate_run(evaluations: Sequence[Mapping[str, Any]], suites: Sequence[Map
     return {
         "rows": rows, "claims": claims, "intervals": intervals, "checks": checks,
         "transfer": aggregate_transfer(list(suites)),
+        **({"convergence": summarize_convergence(convergence)} if convergence else {}),
         # scalars only, for `dvc metrics show` / `dvc exp show`
         "summary": {d: {f"{c['id']}_{c['attack']}_{k}": c[k] for c in claims
                         if c["dataset"] == d for k in ("value", "verdict")}

@@ -212,6 +212,21 @@ def cmd_suite(args: argparse.Namespace) -> None:
              len(lambdas), len(summary["eps_list"]), time.perf_counter() - started)
 
 
+def cmd_convergence(args: argparse.Namespace) -> None:
+    from jacreg.convergence import run_convergence
+
+    log = runtime.setup_logging("convergence")
+    runtime.set_threads(args.threads)
+    device = runtime.resolve_device(args.device)
+    runtime.configure_backends(device)
+    started = time.perf_counter()
+    result = run_convergence(args.checkpoint, args.suite, args.data, args.lam,
+                             _settings(args.settings), args.factor, device)
+    write_json(result, args.out)
+    log.info("wrote %s (largest gap %+.4f, %.0f s)", args.out,
+             max(r["gap"] for r in result["per_eps"]), time.perf_counter() - started)
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """HEAD's commit, with ``-dirty`` when a tracked file outside ``reports/`` differs from it.
 
@@ -238,7 +253,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     result = aggregate_run([read_json(p) for p in args.evals],
                            [read_json(p) for p in args.suites],
-                           [load_torch(p) for p in args.outcomes], config)
+                           [load_torch(p) for p in args.outcomes], config,
+                           [read_json(p) for p in args.convergence])
     metrics = {"run": config["run_name"], "git_commit": git_commit(),
                "config_sha256": config_sha256(config),
                "environment": runtime.environment_info(), "config": config, **result}
@@ -366,12 +382,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_suite)
 
+    p = sub.add_parser("convergence", help="the strong attack with factor x the restarts and "
+                                           "epochs on one model: its gap to the worst case")
+    p.add_argument("--lam", type=float, required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--suite", required=True, help="the attack-suite JSON of the model's seed")
+    p.add_argument("--data", required=True)
+    p.add_argument("--settings", required=True, help="JSON attack settings")
+    p.add_argument("--factor", type=int, default=10)
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_convergence)
+
     p = sub.add_parser("aggregate", help="metrics.json with every row and claims C1-C4")
     p.add_argument("--evals", nargs="+", required=True)
     p.add_argument("--suites", nargs="+", required=True,
                    help="attack-suite JSON summaries (one per dataset and seed)")
     p.add_argument("--outcomes", nargs="+", required=True,
                    help="attack-suite per-input outcomes (.pt, one per dataset and seed)")
+    p.add_argument("--convergence", nargs="*", default=[],
+                   help="long-run results (analysis.convergence), one per model")
     p.add_argument("--config", required=True, help="JSON configuration")
     p.add_argument("--out", required=True)
     p.add_argument("--curve", default=None, help="CSV of the seed-averaged evasion curves")

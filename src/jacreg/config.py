@@ -99,7 +99,9 @@ def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = N
             )
         messages += dataset_problems(config)
         target = config["attack"].get("target_class")
-        if target is not None and target >= 10:
+        custom = (config.get("data") or {}).get("custom") or {}
+        if target is not None and target >= 10 and not all(d in custom
+                                                            for d in config["datasets"]):
             messages.append(
                 f"config key 'attack.target_class': {target} is out of range; allowed: "
                 "null or a class index 0-9"

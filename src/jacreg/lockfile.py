@@ -21,13 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from packaging.markers import Marker
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 LOCK_NAME = "requirements.lock"
 #: The project itself (installed editable by the Quickstart, outside the lock) and the installer.
@@ -35,15 +43,28 @@ IGNORED = frozenset({"jacreg", "pip"})
 #: An environment variable naming another lock file to compare with.
 LOCK_ENV = "JACREG_LOCK_FILE"
 
-_REQUIREMENT = re.compile(
-    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*==\s*(?P<version>[^\s;\\]+)"
-    r"\s*(?:;\s*(?P<marker>[^\\]+?))?\s*$")
 _HASH = re.compile(r"--hash=(?P<algo>\w+):(?P<digest>[0-9a-fA-F]+)")
 
 
 def canonical_name(name: str) -> str:
     """PEP 503 normalized project name: ``Ruamel.YAML`` and ``ruamel_yaml`` → ``ruamel-yaml``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return str(canonicalize_name(name))
+
+
+def _pinned(spec: str) -> tuple[str, str, str | None]:
+    """(canonical name, version, marker) of a ``name[extras]==version [; marker]`` line, parsed
+    by :class:`packaging.requirements.Requirement` (PEP 508). The version and the marker are
+    kept as the lock writes them. Anything but exactly one ``==`` pin raises ValueError."""
+    try:
+        req = Requirement(spec)
+    except InvalidRequirement as err:
+        raise ValueError(f"not a pinned requirement (name==version) in the lock: {spec!r} "
+                         f"({err})") from None
+    pins = list(req.specifier)
+    if req.url or len(pins) != 1 or pins[0].operator != "==" or "*" in pins[0].version:
+        raise ValueError(f"not a pinned requirement (name==version) in the lock: {spec!r}")
+    marker = spec.split(";", 1)[1].strip() if req.marker is not None else None
+    return canonical_name(req.name), pins[0].version, marker
 
 
 @dataclass(frozen=True)
@@ -79,12 +100,8 @@ def parse_lock(text: str) -> list[LockedPackage]:
             if line.startswith("-"):
                 continue  # a pip option line (--index-url, -c …)
             hashes = tuple(f"{m['algo']}:{m['digest'].lower()}" for m in _HASH.finditer(line))
-            spec = _HASH.sub("", line).strip()
-            match = _REQUIREMENT.match(spec)
-            if not match:
-                raise ValueError(f"not a pinned requirement (name==version) in the lock: {spec!r}")
-            entries.append({"name": canonical_name(match["name"]), "version": match["version"],
-                            "marker": (match["marker"] or "").strip() or None,
+            name, version, marker = _pinned(_HASH.sub("", line).strip())
+            entries.append({"name": name, "version": version, "marker": marker,
                             "hashes": hashes, "via": []})
             continue
         if not entries or not stripped.startswith("#"):
@@ -132,10 +149,6 @@ def marker_applies(marker: str | None, environment: Mapping[str, str] | None = N
     """Whether an environment marker holds for the running interpreter (or ``environment``)."""
     if not marker:
         return True
-    try:
-        from packaging.markers import Marker
-    except ImportError:  # pragma: no cover - packaging ships with snakemake, dvc and pip
-        return True
     return Marker(marker).evaluate(dict(environment) if environment is not None else None)
 
 
@@ -159,10 +172,6 @@ def installed_versions() -> dict[str, str]:
 
 
 def _same_version(a: str, b: str) -> bool:
-    try:
-        from packaging.version import InvalidVersion, Version
-    except ImportError:  # pragma: no cover
-        return a == b
     try:
         return Version(a) == Version(b)  # "1.0" == "1.0.0"; "2.4.1+cpu" != "2.4.1"
     except InvalidVersion:
@@ -220,14 +229,11 @@ def on_target(target: Mapping[str, str]) -> bool | None:
     """
     if not target:
         return None
-    import platform
-    import sys
-
     ok = True
     if target.get("python-version"):
         running = ".".join(map(str, sys.version_info[:3]))
-        want = target["python-version"]
-        ok &= sys.implementation.name == "cpython" and (running + ".").startswith(want + ".")
+        want = SpecifierSet(f"=={target['python-version']}.*")  # 3.11 → 3.11.x; 3.11.7 → itself
+        ok &= sys.implementation.name == "cpython" and want.contains(running)
     if target.get("python-platform"):
         arch, _, rest = target["python-platform"].partition("-")
         system = {"linux": "linux", "darwin": "darwin", "macos": "darwin", "windows": "win32"}

@@ -1,26 +1,38 @@
-"""Render the run's self-contained HTML report.
+"""Prepare the data of the run's self-contained HTML report and render it.
 
 :func:`render_report` reads the aggregated ``metrics.json`` (rows, claim verdicts, the UAP
 transfer matrices and the configuration), the per-model evaluation files, the UAP tensor files
 and the Snakemake benchmark TSVs, has :func:`jacreg.figures.render_figures` write the nine PNG
 figures, and writes one HTML page that embeds them as base64 data URIs (inline CSS, no scripts,
-no external resources). This module holds the page itself: the claims, gains and results tables,
-the provenance section (environment, time per stage) and the "Differences from the paper"
-section, which is generated from the configuration stored in ``metrics.json`` so that it always
-describes the run it accompanies. Every output is written atomically. Means and spreads are
-taken over seeds; the spread is the sample standard deviation (ddof=1, 0 for a single seed).
+no external resources). Every output is written atomically. Means and spreads are taken over
+seeds; the spread is the sample standard deviation (ddof=1, 0 for a single seed).
+
+The page itself, its order, headings, prose and CSS, is the Jinja2 template
+``templates/report.html.j2`` (with ``templates/report.css``), rendered with autoescaping: every
+value is escaped, so a name or note from the configuration cannot inject markup. This module
+only prepares what the page shows, one function per section, each registered with
+:func:`section` under the name the template uses and returning a dict of already-formatted
+strings and numbers (tables as :func:`_table` dicts), or ``None`` to leave the section out.
+The "Differences from the paper" rows are generated from the configuration stored in
+``metrics.json`` (:func:`paper_differences`), so they always describe the run they accompany.
+
+To add a section: write ``@section("name") def _name(run: ReportInput) -> dict | None`` here,
+and a ``{% if name %}…{% endif %}`` block where it belongs in the template (tables through the
+template's ``table`` macro).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import jinja2
 
 from jacreg.config import train_settings
 from jacreg.data import REGISTRY
@@ -39,6 +51,12 @@ from jacreg.report_data import (
     _unique,
     _write,
 )
+
+__all__ = ["FIGURES", "SECTIONS", "ReportInput", "paper_differences", "render_html",
+           "render_report", "section"]
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "report.html.j2"
 
 STAGE_ORDER = ("prepare", "train", "attack", "evaluate", "suite", "aggregate", "report")
 ARCHITECTURES = {
@@ -115,17 +133,7 @@ def _pm(values: Sequence[float]) -> str:
     return "–" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: bool = False) -> str:
-    """HTML table of plain strings (all escaped); ``numeric``: cells never wrap."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body
-    )
-    css = ' class="num"' if numeric else ""
-    return f'<div class="wrap"><table{css}><tr>{head}</tr>{rows}</table></div>'
-
-
-# detail entries shown in their own table (_html_gains) rather than in the claims' detail cell
+# detail entries shown in their own table (the gains section) rather than in the claims' detail cell
 _DETAIL_ELSEWHERE = ("gains", "per_seed", "gain_at_accuracy_preserving_lambda",
                      "accuracy_drop_per_lambda", "accuracy_drop_std_per_lambda")
 
@@ -150,54 +158,6 @@ def _ci(low: Any, high: Any) -> str:
 VERDICT_CLASS = {"holds": "ok", "fails": "bad", "inconclusive": "maybe"}
 
 
-def _verdict_cell(verdict: str | None) -> str:
-    verdict = verdict or "inconclusive"
-    return f'<td class="{VERDICT_CLASS.get(verdict, "maybe")}">{html.escape(verdict)}</td>'
-
-
-def _html_claims(claims: Sequence[dict[str, Any]]) -> str:
-    """One line per (dataset, claim): the paper's attack and the worst case side by side, each
-    with its value, 95 % bootstrap interval and verdict."""
-    if not claims:
-        return "<p>No claims were evaluated.</p>"
-    esc = html.escape
-    grouped: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
-    for c in claims:
-        grouped[(str(c.get("dataset", "")), str(c.get("id", "")))][c.get("attack", "paper")] = c
-    body = []
-    for (dataset, cid), by_attack in grouped.items():
-        first = by_attack.get("paper") or next(iter(by_attack.values()))
-        detail = {k: v for k, v in (first.get("detail") or {}).items()
-                  if k not in _DETAIL_ELSEWHERE}
-        cells = "".join(f"<td>{esc(str(x))}</td>" for x in (
-            cid, dataset, first.get("statement", ""), _fmt(first.get("threshold"))))
-        for attack in ("paper", "worst"):
-            c = by_attack.get(attack)
-            if c is None:
-                cells += "<td>–</td><td>–</td><td>–</td>"
-                continue
-            interval = c.get("interval") or [None, None]
-            cells += (f"<td>{esc(_fmt(c.get('value')))}</td><td>{esc(_ci(*interval))}</td>"
-                      + _verdict_cell(c.get("verdict")))
-        cells += f"<td>{esc(_seed_spread(first))}</td><td>{esc(_fmt(detail))}</td>"
-        body.append(f"<tr>{cells}</tr>")
-    head = "".join(f"<th>{esc(h)}</th>" for h in (
-        "id", "dataset", "paper's statement", "threshold",
-        "paper attack: value", "95 % interval", "verdict",
-        "worst case: value", "95 % interval", "verdict",
-        "paper attack per seed: mean ± std", "detail (paper attack)"))
-    return (f'<div class="wrap"><table><tr>{head}</tr>{"".join(body)}</table></div>'
-            "<p>Value: from the seed means (C1, C2) or across all models (C3, C4); the paper "
-            "attack's rate of a model is the mean over its attack replicates. Interval: 95 %, "
-            "from a hierarchical bootstrap that resamples seeds, then attack replicates, then "
-            "test inputs, and redoes every selection (C1's λ and ε, the worst member) in each "
-            "sample; Student-t intervals for few seeds unless the run chose percentile ones "
-            "(see the differences section). Verdict: "
-            "<b>holds</b> when the whole interval is past the threshold, <b>fails</b> when it "
-            "is entirely short of it, <b>inconclusive</b> otherwise (C3 also fails on any "
-            "violated bound).</p>")
-
-
 def _interval_of(intervals: dict[str, Any], dataset: str, kind: str, **match: Any) -> str:
     """The '[low, high]' text of one entry of ``metrics["intervals"][dataset][kind]``."""
     for entry in (intervals.get(dataset) or {}).get(kind) or []:
@@ -206,248 +166,10 @@ def _interval_of(intervals: dict[str, Any], dataset: str, kind: str, **match: An
     return "–"
 
 
-def _html_gains(claims: Sequence[dict[str, Any]], rows: list[Row],
-                intervals: dict[str, Any] | None = None) -> str:
-    """Per dataset: accuracy drop and UAP/PGD robustness gain for every lambda > 0 (paper attack
-    and worst case, with 95 % intervals), with the C1 lambda and the accuracy-preserving lambda
-    marked, and a one-line summary of the latter."""
-    parts = []
-    intervals = intervals or {}
-    by_key = {(c.get("dataset"), c.get("id")): c for c in claims
-              if c.get("attack", "paper") == "paper"}
-    worst_c1 = {c.get("dataset"): c for c in claims
-                if c.get("attack") == "worst" and c.get("id") == "C1"}
-    for ds in _ordered_datasets(rows):
-        c1, c2 = by_key.get((ds, "C1")), by_key.get((ds, "C2"))
-        if not c1 or not c2 or c1.get("detail", {}).get("lambda") is None:
-            continue
-        d1, d2 = c1["detail"], c2["detail"]
-        eps_grid = _unique([_f(r["eps"]) for r in rows if r["dataset"] == ds])
-        kept = d1.get("gain_at_accuracy_preserving_lambda") or {}
-        limit = _f(kept.get("max_accuracy_drop", c2.get("threshold")))
-        if kept.get("lambda") is None:
-            parts.append(f"<p><b>{html.escape(ds)}</b>: no λ &gt; 0 keeps the mean clean-accuracy "
-                         f"drop within {_fmt(limit)}.</p>")
-        else:
-            per_eps = ", ".join(f"ε={_eps_label(_f(e))}: {_f(g):.2f}×"
-                                for e, g in (kept.get("per_eps") or {}).items())
-            parts.append(
-                f"<p><b>{html.escape(ds)} — C1 at the accuracy-preserving λ</b>: the largest λ "
-                f"whose mean clean-accuracy drop is at most {_fmt(limit)} is "
-                f"λ = {_f(kept['lambda']):g} (drop {_fmt(_f(kept.get('accuracy_drop')))}); its "
-                f"UAP robustness gain per ε: {html.escape(per_eps)}.</p>")
-        floor = _f(d1.get("evasion_floor"))
-        floor = floor if math.isfinite(floor) else 0.0
-        pgd = {e: {lam: _mean_std([_f(r.get("pgd_evasion_rate")) for r in rs])[0]
-                   for lam, rs in _at_eps(rows, ds, e).items()} for e in eps_grid}
-        has_pgd = any(math.isfinite(v) for at in pgd.values() for v in at.values())
-        body = []
-        drops = d2.get("accuracy_drop_per_lambda") or {}
-        spread = d2.get("accuracy_drop_std_per_lambda") or {}
-        for lam in sorted(_f(k) for k in drops):
-            if lam == 0.0:
-                continue
-            marks = []
-            if _f(d1.get("lambda")) == lam:
-                marks.append("C1 (max gain)")
-            if kept.get("lambda") is not None and _f(kept["lambda"]) == lam:
-                marks.append("accuracy-preserving")
-            line = [f"{lam:g}", f"{_f(drops.get(f'{lam:g}')):.3f} ± "
-                                f"{_f(spread.get(f'{lam:g}')):.3f}"]
-            worst_gains = ((worst_c1.get(ds) or {}).get("detail") or {}).get("gains") or {}
-            for attack, gains in (("paper", d1.get("gains") or {}), ("worst", worst_gains)):
-                if attack == "worst" and not worst_gains:
-                    continue
-                line += [f"{_fmt(_f(gains.get(f'lambda={lam:g},eps={e:g}')))} "
-                         + _interval_of(intervals, ds, "gains", attack=attack, eps=e, **{
-                             "lambda": lam}) for e in eps_grid]
-            for e in eps_grid if has_pgd else []:
-                base, here = pgd[e].get(0.0, math.nan), pgd[e].get(lam, math.nan)
-                line.append(_fmt(base / max(here, floor)) if math.isfinite(base)
-                            and math.isfinite(here) and max(here, floor) > 0 else "–")
-            line.append(", ".join(marks))
-            body.append(line)
-        has_worst = bool(((worst_c1.get(ds) or {}).get("detail") or {}).get("gains"))
-        header = (["λ", "accuracy drop vs λ=0 (mean ± std)"]
-                  + [f"paper-attack gain ε={_eps_label(e)}" for e in eps_grid]
-                  + ([f"worst-case gain ε={_eps_label(e)}" for e in eps_grid]
-                     if has_worst else [])
-                  + ([f"PGD gain ε={_eps_label(e)}" for e in eps_grid] if has_pgd else [])
-                  + ["note"])
-        parts.append(_table(header, body, numeric=True))
-    if not parts:
-        return ""
-    return ("<h3>Robustness gain and accuracy cost per λ</h3><p>Gain = evasion rate of the "
-            "λ = 0 model / that of the λ model, from seed means (the regularized rate floored at "
-            "one test input), with its 95 % bootstrap interval, for the paper's attack and for "
-            "the worst case of the attack suite; accuracy drop = clean accuracy of λ = 0 minus "
-            "that of λ, per seed then mean ± std.</p>" + "".join(parts))
-
-
-def _html_results(rows: list[Row], datasets: list[str], eps_all: list[float],
-                  intervals: dict[str, Any] | None = None) -> str:
-    intervals = intervals or {}
-    has_pgd = any(math.isfinite(_f(r.get("pgd_evasion_rate"))) for r in rows)
-    has_worst = any(math.isfinite(_f(r.get("worst_uap_evasion_rate"))) for r in rows)
-    body = []
-    for ds in datasets:
-        models = _by_model(rows, ds)
-        per_eps = {e: _at_eps(rows, ds, e) for e in eps_all}
-        top = per_eps.get(_max_eps(rows, ds)) or _at_eps(rows, ds, _max_eps(rows, ds))
-        for lam in sorted(models):
-            line = [ds, f"{lam:g}", _pm([_f(r["clean_accuracy"]) for r in models[lam]])
-                    + " " + _interval_of(intervals, ds, "clean_accuracy", **{"lambda": lam})]
-            for attack, key in (("paper", "uap_evasion_rate"),
-                                ("worst", "worst_uap_evasion_rate")):
-                if attack == "worst" and not has_worst:
-                    continue
-                line += [_pm([_f(r[key]) for r in per_eps[e].get(lam, [])]) + " "
-                         + _interval_of(intervals, ds, "rates", attack=attack, eps=e,
-                                        **{"lambda": lam}) for e in eps_all]
-            if has_pgd:
-                line += [_pm([_f(r.get("pgd_evasion_rate")) for r in per_eps[e].get(lam, [])])
-                         for e in eps_all]
-            line.append(_pm([_f(r["random_evasion_rate"]) for r in top.get(lam, [])]))
-            body.append(line)
-    header = (["dataset", "λ", "clean accuracy"]
-              + [f"paper-attack UAP evasion ε={_eps_label(e)}" for e in eps_all]
-              + ([f"worst-case UAP evasion ε={_eps_label(e)}" for e in eps_all]
-                 if has_worst else []))
-    if has_pgd:
-        n_pgd = sorted({int(_f(r["pgd_n_inputs"])) for r in rows
-                        if math.isfinite(_f(r.get("pgd_n_inputs")))})
-        where = f" (first {'/'.join(map(str, n_pgd))})" if n_pgd else ""
-        header += [f"PGD evasion ε={_eps_label(e)}{where}" for e in eps_all]
-    header.append("random evasion, largest ε")
-    return _table(header, body, numeric=True)
-
-
-def _html_suite(rows: list[Row], datasets: list[str]) -> str:
-    """Per (dataset, lambda, eps): each member's test evasion (mean over seeds) and which
-    member was the worst case in how many seeds."""
-    if not any("member_evasion_rates" in r for r in rows):
-        return ""
-    body = []
-    for ds in datasets:
-        eps_grid = _unique([_f(r["eps"]) for r in rows if r["dataset"] == ds])
-        per_eps = {eps: _at_eps(rows, ds, eps) for eps in eps_grid}
-        for lam in sorted(_by_model(rows, ds)):
-            for eps in eps_grid:
-                cell = per_eps[eps].get(lam, [])
-                transfers = [_f(r.get("transfer_uap_evasion_rate")) for r in cell]
-                warms = [_f(r.get("warm_uap_evasion_rate")) for r in cell]
-                winners: dict[str, int] = defaultdict(int)
-                for r in cell:
-                    winners[str(r.get("worst_uap_member")).split("#", 1)[0]] += 1
-                spread = [max(reps) - min(reps) for r in cell
-                          if len(reps := r.get("uap_evasion_rate_replicates") or []) > 1]
-                body.append([ds, f"{lam:g}", _eps_label(eps),
-                             _pm([_f(r["uap_evasion_rate"]) for r in cell]),
-                             _fmt(sum(spread) / len(spread)) if spread else "–",
-                             _pm([_f(r.get("strong_uap_evasion_rate")) for r in cell]),
-                             _pm(transfers), _pm(warms),
-                             _pm([_f(r["worst_uap_evasion_rate"]) for r in cell]),
-                             ", ".join(f"{m} ×{n}" for m, n in sorted(winners.items()))])
-    return ("<h3>Attack suite</h3><p>Test evasion rate of each member (mean ± std over seeds): "
-            "the paper's SGD-UAP and the strong SGD-UAP (random restarts, two losses, decaying "
-            "step, best iterate), each as the mean over its attack replicates; the transfer UAP "
-            "of another λ that evades most attack-split inputs; the warm start, the strong "
-            "schedule with the margin loss run on the model itself from each transfer (never "
-            "below that transfer on the attack images it is crafted and chosen on); and the "
-            "worst case, the member "
-            "(replicate included) with the highest attack-split evasion (chosen without reading "
-            "the test split). The range over replicates is the largest minus the smallest "
-            "test evasion of the paper attack's replicates of one model, mean over seeds: how "
-            "much one run of the authors' procedure can differ from another on the same model. "
-            "The last column counts which member was the worst case, over seeds.</p>"
-            + _table(["dataset", "λ", "ε", "paper", "paper: range over replicates",
-                      "strong", "transfer (best on attack split)",
-                      "warm start from transfers (best on attack split)",
-                      "worst case", "worst member (seeds)"], body, numeric=True))
-
-
 CHECK_TITLES = (("monotone_in_eps", "evasion non-decreasing in ε"),
                 ("transfer_below_strong", "no transfer beats own strong UAP"),
                 ("above_random", "every UAP above random ±ε"),
                 ("large_budget", "strong UAP ≥ 0.8 at ε = 1"))
-
-
-def _html_checks(checks: Sequence[dict[str, Any]]) -> str:
-    """Per model: each sanity check passing (✓) or flagged (✗ with where it failed)."""
-    if not checks:
-        return ""
-    esc = html.escape
-    body, flags = [], 0
-    for model in checks:
-        by_name = {c["name"]: c for c in model.get("checks", [])}
-        cells = "".join(f"<td>{esc(str(x))}</td>" for x in (
-            model["dataset"], f"{_f(model['lambda']):g}", model["seed"]))
-        for name, _title in CHECK_TITLES:
-            check = by_name.get(name)
-            if check is None:
-                cells += "<td>–</td>"
-            elif check["passed"]:
-                cells += '<td class="ok">✓</td>'
-            else:
-                flags += 1
-                cells += ('<td class="bad">✗</td>' if not check["where"] else
-                          f'<td class="flag">✗ {esc("; ".join(check["where"]))}</td>')
-        body.append(f"<tr>{cells}</tr>")
-    head = "".join(f"<th>{esc(h)}</th>" for h in
-                   ["dataset", "λ", "seed", *(t for _, t in CHECK_TITLES)])
-    return ("<h3>Attack sanity checks</h3><p>Carlini et al. (2019): a robustness number is only "
-            "as good as the attack. Per model: each member's evasion must not fall as ε grows "
-            "(beyond the rate's 95 % interval); no UAP transferred from another λ may beat the "
-            "model's own strong UAP beyond that UAP's 95 % interval (else the white-box attack "
-            "is under-optimized or the gradients are masked); every UAP must beat the random "
-            "±ε baseline; at ε = 1 the strong attack's zero-start run must reach 0.8 evasion. "
-            f"A flag never hides a number: all rates above are as measured. {flags} flag(s) in "
-            f"{len(checks)} models.</p>"
-            f'<div class="wrap"><table><tr>{head}</tr>{"".join(body)}</table></div>')
-
-
-def _html_provenance(metrics: dict[str, Any], seeds: list[int],
-                     benchmark_paths: Sequence[str | Path]) -> str:
-    env: dict[str, Any] = metrics.get("environment") or {}
-    config: dict[str, Any] = metrics.get("config") or {}
-    stage_rows = []
-    total = 0.0
-    for stage, secs in _read_benchmarks(benchmark_paths).items():
-        valid = [s for s in secs if math.isfinite(s)]
-        total += sum(valid)
-        stage_rows.append([stage, str(len(secs)), f"{sum(valid):.1f}" if valid else "–",
-                           f"{max(valid):.1f}" if valid else "–"])
-    stage_rows.append(["total", str(len(benchmark_paths)), f"{total:.1f} ({_hms(total)})", ""])
-    span = _job_span(benchmark_paths)
-    threads = {k: v for k, v in env.items() if "thread" in str(k).lower()}
-    lock = env.get("lock")
-    return "".join([
-        _table(["item", "value"],
-               [["run", str(metrics.get("run", ""))],
-                ["git commit", str(metrics.get("git_commit", ""))],
-                ["config SHA-256", str(metrics.get("config_sha256", ""))],
-                ["seeds", _fmt(config.get("seeds", seeds))],
-                ["threads", _fmt(threads) if threads else "not recorded"],
-                ["hardware", f"{env.get('cpu_model') or env.get('processor', '?')}, "
-                             f"{env.get('cpu_count', '?')} cores, GPU: {env.get('gpu', 'none')}"],
-                ["workflow wall time",
-                 "not recorded" if span is None else
-                 f"{span:.0f} s ({_hms(span)}): from the start of the first job to the end of "
-                 "the last one before aggregation, from the benchmark files' times"],
-                ["packages", describe_lock(lock) if lock else "not recorded"]]),
-        "<h3>Environment</h3>",
-        _table(["key", "value"],
-               [[str(k), _fmt(v)] for k, v in sorted(env.items()) if k != "lock"]),
-        *(["<h3>Packages that differ from the lock</h3>",
-           _table(["package", "locked", "installed"],
-                  [[d["name"], d["locked"] or "not in the lock", d["installed"] or "not installed"]
-                   for d in lock["differences"]])] if lock and lock.get("differences") else []),
-        "<h3>Time per stage</h3><p>Wall-clock seconds from the Snakemake benchmark files (one "
-        "per job).</p>",
-        _table(["stage", "jobs", "sum [s]", "max [s]"], stage_rows),
-        "<details><summary>Full configuration</summary><pre>",
-        html.escape(json.dumps(config, indent=2, sort_keys=True, default=str)),
-        "</pre></details>"])
 
 
 def _n(value: Any) -> str:
@@ -589,43 +311,363 @@ def paper_differences(config: dict[str, Any], rows: Sequence[Row]) -> list[list[
     return out
 
 
-def _html_differences(config: dict[str, Any], rows: Sequence[Row]) -> str:
-    return ("<h2>Differences from the paper</h2><p>Every setting below is our choice, read from "
-            "the configuration stored with this run's metrics (so it always matches the run). "
-            "The paper's exact architectures, grids and schedules could not be read, so absolute "
-            "numbers are not expected to match it; the claims are checked as qualitative "
-            "trends.</p>"
-            + _table(["setting", "this run", "status"], paper_differences(config, rows)))
+def _table(header: Sequence[str], body: Sequence[Sequence[Any]],
+           numeric: bool = False) -> dict[str, Any]:
+    """A table for the template's ``table`` macro: header strings, rows of cells (a string, or
+    a :func:`_cell` for a cell with a CSS class); ``numeric``: cells never wrap."""
+    return {"header": list(header), "rows": [list(r) for r in body], "numeric": numeric}
 
 
-METHOD_NOTES = (
-    "<h2>Method notes</h2><ul>"
-    "<li>The shared-perturbation metric s<sub>ij</sub> = σ<sub>ij</sub>² / (σ<sub>i</sub>² + "
-    "σ<sub>j</sub>²) for a pair of inputs i, j is our derivation from the paper's theory, not a "
-    "formula quoted from the paper.</li>"
-    "<li>The architectures, training schedules, the λ and ε grids and the analysis set sizes are "
-    "our documented choices (see <i>Differences from the paper</i>).</li>"
-    "<li>UAP rates are over the whole test split; PGD rates over the first analysis.pgd_inputs "
-    "test inputs, beside the UAP's rate on those same inputs (row key "
-    "<code>uap_evasion_rate_pgd_inputs</code> in metrics.json).</li>"
-    "<li>The bounds ‖J_X v‖ ≤ ‖J_X‖₂‖v‖₂ ≤ ‖J_X‖_F‖v‖₂ hold for the linearization; the actual "
-    "logit change is shown beside them for comparison.</li></ul>")
+def _cell(text: str, css: str) -> dict[str, str]:
+    """A table cell with a CSS class (``ok``, ``bad``, ``maybe``, ``flag``)."""
+    return {"text": text, "css": css}
 
 
-CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;
-max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45;font-size:15px}
-h1{font-size:1.6em;border-bottom:2px solid #444;padding-bottom:.2em}h2{margin-top:1.6em;
-border-bottom:1px solid #bbb}h3{margin-bottom:.3em}.wrap{overflow-x:auto}
-table{border-collapse:collapse;margin:.6em 0;font-size:13px}th,td{border:1px solid #bbb;
-padding:3px 8px;text-align:left;vertical-align:top}table.num td{white-space:nowrap}
-th{background:#eee}tr:nth-child(even) td{
-background:#fafafa}table tr td.ok{color:#fff;background:#2e7d32;text-align:center;font-weight:bold}
-table tr td.bad{color:#fff;background:#c62828;text-align:center;font-weight:bold}
-table tr td.maybe{color:#222;background:#ffd54f;text-align:center;font-weight:bold}
-table tr td.flag{color:#b71c1c;background:#ffebee;font-size:12px}
-figure{margin:.5em 0 1.5em}img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;
-font-size:13px}pre{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:12px}
-code{background:#f2f2f2;padding:0 .2em}"""
+def _verdict_cell(verdict: str | None) -> dict[str, str]:
+    verdict = verdict or "inconclusive"
+    return _cell(verdict, VERDICT_CLASS.get(verdict, "maybe"))
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """Everything a section's data function may read: metrics.json and what is derived from it,
+    the benchmark files and the figures' PNG bytes (by file name)."""
+
+    metrics: dict[str, Any]
+    rows: list[Row]
+    claims: list[dict[str, Any]]
+    intervals: dict[str, Any]
+    config: dict[str, Any]
+    datasets: list[str]
+    lambdas: list[float]
+    seeds: list[int]
+    eps_all: list[float]
+    benchmark_paths: Sequence[str | Path]
+    images: dict[str, bytes]
+
+
+SectionData = dict[str, Any] | list[Any] | None
+#: section name (the template's variable) -> the function that prepares its data
+SECTIONS: dict[str, Callable[[ReportInput], SectionData]] = {}
+
+
+def section(name: str) -> Callable[[Callable[[ReportInput], SectionData]],
+                                   Callable[[ReportInput], SectionData]]:
+    """Register a section's data function under ``name``, the variable the template reads."""
+    def register(fn: Callable[[ReportInput], SectionData]) -> Callable[[ReportInput],
+                                                                      SectionData]:
+        if name in SECTIONS:
+            raise ValueError(f"report section {name!r} is registered twice")
+        SECTIONS[name] = fn
+        return fn
+    return register
+
+
+@section("summary")
+def _summary(run: ReportInput) -> dict[str, Any]:
+    """The opening paragraph: what the run trained and attacked."""
+    rows = run.rows
+    return {
+        "datasets": ", ".join(run.datasets), "n_datasets": len(run.datasets),
+        "n_models": len({(r["dataset"], _f(r["lambda"]), int(r["seed"])) for r in rows}),
+        "lambdas": ", ".join(f"{x:g}" for x in run.lambdas), "n_lambdas": len(run.lambdas),
+        "seeds": ", ".join(map(str, run.seeds)), "n_seeds": len(run.seeds),
+        "eps": "{" + ", ".join(map(_eps_label, run.eps_all)) + "}",
+    }
+
+
+@section("claims")
+def _claims(run: ReportInput) -> dict[str, Any]:
+    """One line per (dataset, claim): the paper's attack and the worst case side by side, each
+    with its value, 95 % bootstrap interval and verdict. ``table`` is None without claims."""
+    if not run.claims:
+        return {"table": None}
+    grouped: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for c in run.claims:
+        grouped[(str(c.get("dataset", "")), str(c.get("id", "")))][c.get("attack", "paper")] = c
+    body = []
+    for (dataset, cid), by_attack in grouped.items():
+        first = by_attack.get("paper") or next(iter(by_attack.values()))
+        detail = {k: v for k, v in (first.get("detail") or {}).items()
+                  if k not in _DETAIL_ELSEWHERE}
+        cells: list[Any] = [cid, dataset, str(first.get("statement", "")),
+                            _fmt(first.get("threshold"))]
+        for attack in ("paper", "worst"):
+            c = by_attack.get(attack)
+            if c is None:
+                cells += ["–", "–", "–"]
+                continue
+            interval = c.get("interval") or [None, None]
+            cells += [_fmt(c.get("value")), _ci(*interval), _verdict_cell(c.get("verdict"))]
+        cells += [_seed_spread(first), _fmt(detail)]
+        body.append(cells)
+    return {"table": _table(
+        ["id", "dataset", "paper's statement", "threshold",
+         "paper attack: value", "95 % interval", "verdict",
+         "worst case: value", "95 % interval", "verdict",
+         "paper attack per seed: mean ± std", "detail (paper attack)"], body)}
+
+
+@section("gains")
+def _gains(run: ReportInput) -> list[dict[str, Any]] | None:
+    """Per dataset: accuracy drop and UAP/PGD robustness gain for every lambda > 0 (paper attack
+    and worst case, with 95 % intervals), with the C1 lambda and the accuracy-preserving lambda
+    marked, and the accuracy-preserving lambda's gains (``kept``, None where no lambda keeps the
+    accuracy). None when no dataset has C1 and C2."""
+    rows, intervals = run.rows, run.intervals
+    by_key = {(c.get("dataset"), c.get("id")): c for c in run.claims
+              if c.get("attack", "paper") == "paper"}
+    worst_c1 = {c.get("dataset"): c for c in run.claims
+                if c.get("attack") == "worst" and c.get("id") == "C1"}
+    out = []
+    for ds in _ordered_datasets(rows):
+        c1, c2 = by_key.get((ds, "C1")), by_key.get((ds, "C2"))
+        if not c1 or not c2 or c1.get("detail", {}).get("lambda") is None:
+            continue
+        d1, d2 = c1["detail"], c2["detail"]
+        eps_grid = _unique([_f(r["eps"]) for r in rows if r["dataset"] == ds])
+        kept = d1.get("gain_at_accuracy_preserving_lambda") or {}
+        limit = _f(kept.get("max_accuracy_drop", c2.get("threshold")))
+        entry: dict[str, Any] = {"dataset": ds, "limit": _fmt(limit), "kept": None}
+        if kept.get("lambda") is not None:
+            entry["kept"] = {
+                "lambda": f"{_f(kept['lambda']):g}",
+                "accuracy_drop": _fmt(_f(kept.get("accuracy_drop"))),
+                "gain_per_eps": ", ".join(f"ε={_eps_label(_f(e))}: {_f(g):.2f}×"
+                                          for e, g in (kept.get("per_eps") or {}).items())}
+        floor = _f(d1.get("evasion_floor"))
+        floor = floor if math.isfinite(floor) else 0.0
+        pgd = {e: {lam: _mean_std([_f(r.get("pgd_evasion_rate")) for r in rs])[0]
+                   for lam, rs in _at_eps(rows, ds, e).items()} for e in eps_grid}
+        has_pgd = any(math.isfinite(v) for at in pgd.values() for v in at.values())
+        worst_gains = ((worst_c1.get(ds) or {}).get("detail") or {}).get("gains") or {}
+        body = []
+        drops = d2.get("accuracy_drop_per_lambda") or {}
+        spread = d2.get("accuracy_drop_std_per_lambda") or {}
+        for lam in sorted(_f(k) for k in drops):
+            if lam == 0.0:
+                continue
+            marks = []
+            if _f(d1.get("lambda")) == lam:
+                marks.append("C1 (max gain)")
+            if kept.get("lambda") is not None and _f(kept["lambda"]) == lam:
+                marks.append("accuracy-preserving")
+            line = [f"{lam:g}", f"{_f(drops.get(f'{lam:g}')):.3f} ± "
+                                f"{_f(spread.get(f'{lam:g}')):.3f}"]
+            for attack, gains in (("paper", d1.get("gains") or {}), ("worst", worst_gains)):
+                if attack == "worst" and not worst_gains:
+                    continue
+                line += [f"{_fmt(_f(gains.get(f'lambda={lam:g},eps={e:g}')))} "
+                         + _interval_of(intervals, ds, "gains", attack=attack, eps=e, **{
+                             "lambda": lam}) for e in eps_grid]
+            for e in eps_grid if has_pgd else []:
+                base, here = pgd[e].get(0.0, math.nan), pgd[e].get(lam, math.nan)
+                line.append(_fmt(base / max(here, floor)) if math.isfinite(base)
+                            and math.isfinite(here) and max(here, floor) > 0 else "–")
+            line.append(", ".join(marks))
+            body.append(line)
+        header = (["λ", "accuracy drop vs λ=0 (mean ± std)"]
+                  + [f"paper-attack gain ε={_eps_label(e)}" for e in eps_grid]
+                  + ([f"worst-case gain ε={_eps_label(e)}" for e in eps_grid]
+                     if worst_gains else [])
+                  + ([f"PGD gain ε={_eps_label(e)}" for e in eps_grid] if has_pgd else [])
+                  + ["note"])
+        entry["table"] = _table(header, body, numeric=True)
+        out.append(entry)
+    return out or None
+
+
+@section("results")
+def _results(run: ReportInput) -> dict[str, Any]:
+    """Per (dataset, lambda): clean accuracy, paper-attack and worst-case UAP evasion and PGD
+    evasion per ε (mean ± std over seeds, with 95 % intervals), random evasion at the largest ε."""
+    rows, eps_all = run.rows, run.eps_all
+    has_pgd = any(math.isfinite(_f(r.get("pgd_evasion_rate"))) for r in rows)
+    has_worst = any(math.isfinite(_f(r.get("worst_uap_evasion_rate"))) for r in rows)
+    body = []
+    for ds in run.datasets:
+        models = _by_model(rows, ds)
+        per_eps = {e: _at_eps(rows, ds, e) for e in eps_all}
+        top = per_eps.get(_max_eps(rows, ds)) or _at_eps(rows, ds, _max_eps(rows, ds))
+        for lam in sorted(models):
+            line = [ds, f"{lam:g}", _pm([_f(r["clean_accuracy"]) for r in models[lam]])
+                    + " " + _interval_of(run.intervals, ds, "clean_accuracy", **{"lambda": lam})]
+            for attack, key in (("paper", "uap_evasion_rate"),
+                                ("worst", "worst_uap_evasion_rate")):
+                if attack == "worst" and not has_worst:
+                    continue
+                line += [_pm([_f(r[key]) for r in per_eps[e].get(lam, [])]) + " "
+                         + _interval_of(run.intervals, ds, "rates", attack=attack, eps=e,
+                                        **{"lambda": lam}) for e in eps_all]
+            if has_pgd:
+                line += [_pm([_f(r.get("pgd_evasion_rate")) for r in per_eps[e].get(lam, [])])
+                         for e in eps_all]
+            line.append(_pm([_f(r["random_evasion_rate"]) for r in top.get(lam, [])]))
+            body.append(line)
+    header = (["dataset", "λ", "clean accuracy"]
+              + [f"paper-attack UAP evasion ε={_eps_label(e)}" for e in eps_all]
+              + ([f"worst-case UAP evasion ε={_eps_label(e)}" for e in eps_all]
+                 if has_worst else []))
+    if has_pgd:
+        n_pgd = sorted({int(_f(r["pgd_n_inputs"])) for r in rows
+                        if math.isfinite(_f(r.get("pgd_n_inputs")))})
+        where = f" (first {'/'.join(map(str, n_pgd))})" if n_pgd else ""
+        header += [f"PGD evasion ε={_eps_label(e)}{where}" for e in eps_all]
+    header.append("random evasion, largest ε")
+    return {"table": _table(header, body, numeric=True)}
+
+
+@section("suite")
+def _suite(run: ReportInput) -> dict[str, Any] | None:
+    """Per (dataset, lambda, eps): each member's test evasion (mean over seeds) and which
+    member was the worst case in how many seeds. None for a run without the attack suite."""
+    rows = run.rows
+    if not any("member_evasion_rates" in r for r in rows):
+        return None
+    body = []
+    for ds in run.datasets:
+        eps_grid = _unique([_f(r["eps"]) for r in rows if r["dataset"] == ds])
+        per_eps = {eps: _at_eps(rows, ds, eps) for eps in eps_grid}
+        for lam in sorted(_by_model(rows, ds)):
+            for eps in eps_grid:
+                cell = per_eps[eps].get(lam, [])
+                transfers = [_f(r.get("transfer_uap_evasion_rate")) for r in cell]
+                warms = [_f(r.get("warm_uap_evasion_rate")) for r in cell]
+                winners: dict[str, int] = defaultdict(int)
+                for r in cell:
+                    winners[str(r.get("worst_uap_member")).split("#", 1)[0]] += 1
+                spread = [max(reps) - min(reps) for r in cell
+                          if len(reps := r.get("uap_evasion_rate_replicates") or []) > 1]
+                body.append([ds, f"{lam:g}", _eps_label(eps),
+                             _pm([_f(r["uap_evasion_rate"]) for r in cell]),
+                             _fmt(sum(spread) / len(spread)) if spread else "–",
+                             _pm([_f(r.get("strong_uap_evasion_rate")) for r in cell]),
+                             _pm(transfers), _pm(warms),
+                             _pm([_f(r["worst_uap_evasion_rate"]) for r in cell]),
+                             ", ".join(f"{m} ×{n}" for m, n in sorted(winners.items()))])
+    return {"table": _table(["dataset", "λ", "ε", "paper", "paper: range over replicates",
+                             "strong", "transfer (best on attack split)",
+                             "warm start from transfers (best on attack split)",
+                             "worst case", "worst member (seeds)"], body, numeric=True)}
+
+
+@section("checks")
+def _checks(run: ReportInput) -> dict[str, Any] | None:
+    """Per model: each sanity check passing (✓) or flagged (✗ with where it failed)."""
+    checks = run.metrics.get("checks") or []
+    if not checks:
+        return None
+    body, flags = [], 0
+    for model in checks:
+        by_name = {c["name"]: c for c in model.get("checks", [])}
+        cells: list[Any] = [str(model["dataset"]), f"{_f(model['lambda']):g}",
+                            str(model["seed"])]
+        for name, _title in CHECK_TITLES:
+            check = by_name.get(name)
+            if check is None:
+                cells.append("–")
+            elif check["passed"]:
+                cells.append(_cell("✓", "ok"))
+            else:
+                flags += 1
+                cells.append(_cell("✗", "bad") if not check["where"] else
+                             _cell("✗ " + "; ".join(check["where"]), "flag"))
+        body.append(cells)
+    return {"flags": flags, "n_models": len(checks),
+            "table": _table(["dataset", "λ", "seed", *(t for _, t in CHECK_TITLES)], body)}
+
+
+@section("convergence")
+def _convergence(run: ReportInput) -> dict[str, Any] | None:
+    """Per dataset: the long run's gap to the shipped worst case for every model and eps, and
+    the largest gap (metrics["convergence"], src/jacreg/convergence.py). None without it."""
+    convergence = run.metrics.get("convergence") or {}
+    if not convergence:
+        return None
+    parts = []
+    for ds in sorted(convergence):
+        entry = convergence[ds]
+        largest = entry["largest_gap"]
+        body = [[f"{_f(r['lambda']):g}", str(r["seed"]), _eps_label(_f(r["eps"])),
+                 str(r["shipped_worst_member"]), _fmt(r["shipped_worst_evasion_rate"]),
+                 _fmt(r["long_run_evasion_rate"]), f"{_f(r['gap']):+.3f}"]
+                for r in entry["rows"]]
+        parts.append({"dataset": ds, "factor": entry["factor"],
+                      "largest": f"{_f(largest['gap']):+.3f} (λ = {_f(largest['lambda']):g}, "
+                                 f"seed {largest['seed']}, ε = {_eps_label(_f(largest['eps']))})",
+                      "table": _table(["λ", "seed", "ε", "shipped worst member",
+                                       "shipped worst-case evasion", "long-run evasion",
+                                       "gap"], body, numeric=True)})
+    return {"datasets": parts}
+
+
+@section("figures")
+def _figures(run: ReportInput) -> list[dict[str, str]]:
+    """The nine figures, in :data:`FIGURES` order, as base64 PNG with heading and caption."""
+    return [{"name": name, "heading": heading, "caption": caption,
+             "png_base64": base64.b64encode(run.images[name]).decode("ascii")}
+            for name, heading, caption in FIGURES]
+
+
+@section("differences")
+def _differences(run: ReportInput) -> dict[str, Any]:
+    return {"table": _table(["setting", "this run", "status"],
+                            paper_differences(run.config, run.rows))}
+
+
+@section("provenance")
+def _provenance(run: ReportInput) -> dict[str, Any]:
+    """Run identity, environment, lock drift, time per stage and the full configuration."""
+    metrics, config, paths = run.metrics, run.config, run.benchmark_paths
+    env: dict[str, Any] = metrics.get("environment") or {}
+    stage_rows = []
+    total = 0.0
+    for stage, secs in _read_benchmarks(paths).items():
+        valid = [s for s in secs if math.isfinite(s)]
+        total += sum(valid)
+        stage_rows.append([stage, str(len(secs)), f"{sum(valid):.1f}" if valid else "–",
+                           f"{max(valid):.1f}" if valid else "–"])
+    stage_rows.append(["total", str(len(paths)), f"{total:.1f} ({_hms(total)})", ""])
+    span = _job_span(paths)
+    threads = {k: v for k, v in env.items() if "thread" in str(k).lower()}
+    lock = env.get("lock")
+    differences = lock.get("differences") if lock else None
+    return {
+        "run": _table(["item", "value"], [
+            ["run", str(metrics.get("run", ""))],
+            ["git commit", str(metrics.get("git_commit", ""))],
+            ["config SHA-256", str(metrics.get("config_sha256", ""))],
+            ["seeds", _fmt(config.get("seeds", run.seeds))],
+            ["threads", _fmt(threads) if threads else "not recorded"],
+            ["hardware", f"{env.get('cpu_model') or env.get('processor', '?')}, "
+                         f"{env.get('cpu_count', '?')} cores, GPU: {env.get('gpu', 'none')}"],
+            ["workflow wall time",
+             "not recorded" if span is None else
+             f"{span:.0f} s ({_hms(span)}): from the start of the first job to the end of "
+             "the last one before aggregation, from the benchmark files' times"],
+            ["packages", describe_lock(lock) if lock else "not recorded"]]),
+        "environment": _table(["key", "value"], [[str(k), _fmt(v)] for k, v in sorted(env.items())
+                                                 if k != "lock"]),
+        "lock_differences": _table(["package", "locked", "installed"], [
+            [d["name"], d["locked"] or "not in the lock", d["installed"] or "not installed"]
+            for d in differences]) if differences else None,
+        "stages": _table(["stage", "jobs", "sum [s]", "max [s]"], stage_rows),
+        "config_json": json.dumps(config, indent=2, sort_keys=True, default=str),
+    }
+
+
+def _environment() -> jinja2.Environment:
+    """The template environment: autoescaping on for every template, undefined names fail."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def render_html(run: ReportInput) -> str:
+    """The report page of ``run``: every registered section's data through the template."""
+    context = {name: prepare(run) for name, prepare in SECTIONS.items()}
+    return _environment().get_template(TEMPLATE).render(run=str(run.metrics.get("run", "")),
+                                                        **context)
 
 
 def render_report(metrics_path: str | Path, eval_paths: Sequence[str | Path],
@@ -636,54 +678,17 @@ def render_report(metrics_path: str | Path, eval_paths: Sequence[str | Path],
     rows: list[Row] = list(metrics.get("rows", []))
     if not rows:
         raise ValueError(f"{metrics_path}: no result rows to report")
-    claims = list(metrics.get("claims") or [])
-    transfer: dict[str, Any] = metrics.get("transfer") or {}
-    intervals: dict[str, Any] = metrics.get("intervals") or {}
     evals = [json.loads(Path(p).read_text()) for p in eval_paths]
     uaps = [load_torch(p) for p in uap_paths]
     datasets = _ordered_datasets(rows)
-    lambdas = _unique([_f(r["lambda"]) for r in rows])
-    seeds = _unique([int(r["seed"]) for r in rows])
-    eps_all = _unique([_f(r["eps"]) for r in rows])
-    images = render_figures(rows, datasets, evals, uaps, transfer, figures_dir, dpi)
-    written = [Path(figures_dir) / name for name in images]
-
-    run = str(metrics.get("run", ""))
-    esc = html.escape
-    n_models = len({(r["dataset"], _f(r["lambda"]), int(r["seed"])) for r in rows})
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>{esc(run)} – Jacobian regularization vs UAPs</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>Jacobian regularization against universal adversarial perturbations — run "
-             f"<code>{esc(run)}</code></h1>",
-             f"<p>This run reproduces Co, Martinez-Rego &amp; Lupu (ICANN 2021) on "
-             f"{len(datasets)} dataset(s) ({esc(', '.join(datasets))}). It trained "
-             f"{n_models} models: {len(lambdas)} values of the Jacobian penalty λ "
-             f"({esc(', '.join(f'{x:g}' for x in lambdas))}) × {len(seeds)} seed(s) "
-             f"({esc(', '.join(map(str, seeds)))}) per dataset. Each model was attacked with a "
-             f"universal perturbation at every L∞ budget ε ∈ {{"
-             f"{esc(', '.join(map(_eps_label, eps_all)))}}} and compared with a random ±ε "
-             f"perturbation and, input by input, with PGD. Beside the paper's SGD-UAP, an attack "
-             f"suite (a strong SGD-UAP with restarts, and the UAPs of every other λ) gives each "
-             f"model's worst-case UAP evasion; claims are checked with both, with 95 % "
-             f"bootstrap intervals and attack sanity checks. Jacobian norms, the linear bounds "
-             f"and the shared-perturbation metric were measured on the analysis set.</p>",
-             "<h2>Claims</h2>", _html_claims(claims), _html_gains(claims, rows, intervals),
-             "<h2>Results</h2>",
-             "<p>Mean ± standard deviation over seeds, then the 95 % hierarchical bootstrap "
-             "interval of the seed mean (resample seeds, then attack replicates, then test "
-             "inputs). Evasion rate = fraction of test inputs misclassified with the "
-             "perturbation added; the paper attack's rate of a model is the mean over its "
-             "attack replicates.</p>",
-             _html_results(rows, datasets, eps_all, intervals), _html_suite(rows, datasets),
-             _html_checks(metrics.get("checks") or []), "<h2>Figures</h2>"]
-    for name, heading, caption in FIGURES:
-        b64 = base64.b64encode(images[name]).decode("ascii")
-        parts.append(f"<h3>{esc(heading)}</h3><figure><img src=\"data:image/png;base64,{b64}\" "
-                     f"alt=\"{esc(heading)}\"><figcaption>{esc(caption)} "
-                     f"(<code>{esc(name)}</code>)</figcaption></figure>")
-    parts += [_html_differences(metrics.get("config") or {}, rows),
-              "<h2>Provenance</h2>", _html_provenance(metrics, seeds, benchmark_paths),
-              METHOD_NOTES, "</body></html>"]
-    _write(Path(html_path), "\n".join(parts).encode("utf-8"))
-    return written
+    images = render_figures(rows, datasets, evals, uaps, metrics.get("transfer") or {},
+                            figures_dir, dpi)
+    run = ReportInput(
+        metrics=metrics, rows=rows, claims=list(metrics.get("claims") or []),
+        intervals=metrics.get("intervals") or {}, config=metrics.get("config") or {},
+        datasets=datasets, lambdas=_unique([_f(r["lambda"]) for r in rows]),
+        seeds=_unique([int(r["seed"]) for r in rows]),
+        eps_all=_unique([_f(r["eps"]) for r in rows]),
+        benchmark_paths=list(benchmark_paths), images=images)
+    _write(Path(html_path), render_html(run).encode("utf-8"))
+    return [Path(figures_dir) / name for name in images]

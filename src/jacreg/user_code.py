@@ -92,7 +92,8 @@ def locate(import_path: str, code_dirs: Iterable[str | Path] = ()) -> Path | Non
     neither the code folders nor ``sys.path`` hold it."""
     module, _ = _split(import_path)
     parts = module.split(".")
-    for folder in [*map(Path, code_dirs), *(Path(p) for p in sys.path if p)]:
+    # the jobs run ``python -m jacreg.cli`` in the working directory, which is then on sys.path
+    for folder in [*map(Path, code_dirs), Path.cwd(), *(Path(p) for p in sys.path if p)]:
         base = folder.joinpath(*parts)
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
             if candidate.is_file():
