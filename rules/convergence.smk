@@ -4,8 +4,17 @@
 # and the report (src/jacreg/convergence.py). Reads the checkpoints and the suite: it never
 # retrains or re-attacks.
 
-CONVERGENCE = (config["analysis"].get("convergence") or {}).get("enabled", False)
-CONVERGENCE_FILES = model_paths("convergence", "json") if CONVERGENCE else []
+CONVERGENCE_SETTINGS = config["analysis"].get("convergence") or {}
+CONVERGENCE_SEEDS = CONVERGENCE_SETTINGS.get("seeds") or SEEDS  # null: every seed
+CONVERGENCE_FILES = (
+    [
+        f"{RESULTS}/convergence/{d}/lam{lam}_seed{s}.json"
+        for d, lam, s in MODEL_KEYS
+        if s in CONVERGENCE_SEEDS
+    ]
+    if CONVERGENCE_SETTINGS.get("enabled", False)
+    else []
+)
 
 
 rule convergence:
@@ -19,7 +28,7 @@ rule convergence:
         settings=as_json(
             {k: v for k, v in config["attack"].items() if k not in ("device", "select_images")}
         ),
-        factor=(config["analysis"].get("convergence") or {}).get("factor", 10),
+        factor=CONVERGENCE_SETTINGS.get("factor", 10),
         lam=lambda wc: LAMBDAS[wc.lam],
         device=device_of("attack"),
     log:

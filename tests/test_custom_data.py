@@ -309,6 +309,60 @@ def test_preflight_refuses_bad_data_before_any_job_and_skips_prepared_data(tmp_p
     preflight(config)
 
 
+def test_target_class_is_checked_against_the_custom_datasets_classes(tmp_path, monkeypatch,
+                                                                     example_config):
+    """attack.target_class beyond a custom dataset's K classes stops the run before any job,
+    naming the key, the dataset and the allowed range; K from the source, or from the prepared
+    file once the data is prepared."""
+    monkeypatch.chdir(tmp_path)
+    _npz(tmp_path, _digits(classes=3), "mine.npz")
+    config = dict(example_config, datasets=["mine"], epsilons={"mine": [0.1]},
+                  data={"custom": {"mine": {"format": "npz", "path": "mine.npz"}}},
+                  attack=dict(example_config["attack"], target_class=12), models={},
+                  train={k: v for k, v in example_config["train"].items() if k != "arch_kwargs"})
+    config["train"]["architecture"] = "cnn_small"
+    validate_config(config)  # the built-ins' 0-9 does not apply: K comes from the data
+    with pytest.raises(PreflightError) as info:
+        preflight(config)
+    assert str(info.value) == (
+        "config key 'attack.target_class': 12 is out of range for dataset 'mine' (3 classes, "
+        "read from mine.npz); allowed: null or a class index 0-2")
+    config["attack"]["target_class"] = 3
+    with pytest.raises(PreflightError, match="3 is out of range for dataset 'mine'"):
+        preflight(config)
+    config["attack"]["target_class"] = 2
+    preflight(config)
+    # prepared: K as the prepared file records it (its source is not read again)
+    prepare_custom("mine", config["data"]["custom"]["mine"], tmp_path / "data/prepared/mine.pt")
+    (tmp_path / "mine.npz").unlink()
+    preflight(config)
+    config["attack"]["target_class"] = 5
+    with pytest.raises(PreflightError) as info:
+        preflight(config)
+    assert "(3 classes, recorded in data/prepared/mine.pt); allowed: null or a class index 0-2" \
+        in str(info.value)
+    # a torchvision class without class_names tells K only once downloaded: the attack job
+    # checks it, with the same message, before loading the model
+    from jacreg.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["attack", "--dataset", "mine", "--lam", "0", "--seed", "0", "--checkpoint",
+                  "never-read.pt", "--data", "data/prepared/mine.pt", "--eps", "[0.1]",
+                  "--settings", '{"target_class": 5}', "--out", "uap.pt"])
+    finally:
+        torch.set_num_threads(threads)
+    assert str(exit_info.value.code).startswith(
+        "config key 'attack.target_class': 5 is out of range for dataset 'mine' (3 classes")
+    # beside a built-in dataset, the built-ins' range is checked with the configuration
+    config["datasets"] = ["mine", "mnist5k"]
+    config["epsilons"]["mnist5k"] = [0.1]
+    config["attack"]["target_class"] = 10
+    with pytest.raises(ConfigError, match="'attack.target_class': 10 is out of range"):
+        validate_config(config)
+
+
 def test_config_names_custom_datasets_and_their_keys(example_config):
     config = example_config
     validate_config(config)  # the worked example's configuration is valid

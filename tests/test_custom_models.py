@@ -144,6 +144,18 @@ def test_bn_dropout_model_evaluation_gives_the_same_numbers_twice(tmp_path, no_t
             for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0]["class_names"] == ["0", "1", "2"]
+    # the splits as prepared, which the report's "data splits" row names
+    assert runs[0]["splits"] == {"train": 30, "attack": 30, "test": 24, "attack_split": "train"}
+    for entry, expected in (({"attack_holdout": 6}, {"train": 24, "attack": 6,
+                                                     "attack_split": "held_out"}),
+                            ({}, {"train": 30, "attack": 9, "attack_split": "own"})):
+        if not entry:  # the file's own attack split
+            np.savez(tmp_path / "d.npz", **arrays, x_attack=arrays["x_test"][:9],
+                     y_attack=np.arange(9) % 3)
+        prepare_custom("tiny", {"format": "npz", "path": str(tmp_path / "d.npz"), **entry}, data)
+        splits = evaluate_model(checkpoint, uaps, data, "tiny", 0.0, 0, settings,
+                                torch.device("cpu"))["splits"]
+        assert splits == dict(expected, test=24), splits
 
 
 def test_state_dicts_trained_elsewhere_become_checkpoints(tmp_path, no_trust):

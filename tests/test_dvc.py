@@ -3,7 +3,7 @@
 One reduced quick run is shared by the module: docs/versioning.md's "publish" block, run as
 written in a temporary git repository holding a copy of the workflow (`dvc repro quick`, commit,
 `dvc remote add -d store ../dvc-store`, `dvc push`; no edit of dvc.yaml). The other profile
-stages (fashion_mnist_data, fashion, paper) never run, as in a repository where only some
+stages (fashion_mnist_data, fashion, paper, example) never run, as in a repository where only some
 profiles were ever run. Each story works on its own copy of that finished repository
 (``copytree`` keeps mtimes, the DVC cache and Snakemake's ``.snakemake`` metadata), so the
 stories do not depend on each other or on their order. Every block of docs/versioning.md tagged
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # this environment: dvc, snakemake, python3
 COPIED = [
     "Snakefile", "rules", "schemas", "src", "config.yaml", "configs", "profiles", "dvc.yaml",
-    ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
+    ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots", "examples",
 ]
 REDUCED = dict(WORKFLOW_REDUCED, run_name="quick")  # tests/test_workflow.py's config
 QUICK = ["--configfile", "configs/quick.yaml"]
@@ -172,6 +172,45 @@ def test_dvc_yaml_caches_every_large_output_and_needs_no_switch() -> None:
     assert wrong == [], wrong
 
 
+def test_example_stage_runs_the_worked_example(tmp_path: Path) -> None:
+    """`dvc repro example` is examples/custom/run.sh with the profiles' guard: it writes the
+    example's .npz (an output of the stage, so nothing is prepared by hand), then plans every job
+    of examples/custom/config.yaml. Run as DVC would run it, with `-n` for Snakemake."""
+    repo = make_repo(tmp_path / "repo")
+    link_venv(repo)
+    dry = run(repo, "dvc", "repro", "--dry", "example").stdout
+    (cmd,) = [line[2:] for line in dry.splitlines() if line.startswith("> ")]
+    assert "examples/custom/make_digits.py && " in cmd
+    assert cmd.endswith("data/prepared/digits.pt --cores all --configfile "
+                        "examples/custom/config.yaml")
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["example"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]}
+    assert {"data/examples/digits.npz", "data/prepared/digits.pt", "results/example"} <= outs
+    assert "examples/custom/digits_net.py" in stage["deps"]
+    assert stage["params"] == [{"examples/custom/config.yaml": None}]
+    proc = subprocess.run(["sh", "-c", f"{cmd} -n"], cwd=repo, env=bare_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (repo / "data/examples/digits.npz").is_file()
+    assert "running every job (--forceall)" in proc.stderr  # no Snakemake record here yet
+    example = yaml.safe_load((repo / "examples/custom/config.yaml").read_text())
+    models = len(example["lambdas"]) * len(example["seeds"])
+    assert job_counts(proc.stdout + proc.stderr) == {
+        "prepare_custom": 1, "train": models, "attack": models, "evaluate": models,
+        "attack_suite": len(example["seeds"]), "aggregate": 1, "report": 1, "all": 1}
+    # docs/custom.md's stage for your own configuration, added beside it, is a valid stage
+    guide = (REPO / "docs/custom.md").read_text()
+    (snippet,) = [text for text in guide.split("```yaml\n")[1:]
+                  if "${snakemake} data/prepared/mine.pt" in text]
+    snippet = snippet.split("```")[0]
+    pipeline = (repo / "dvc.yaml").read_text()
+    (repo / "dvc.yaml").write_text(pipeline.replace("\n  example:\n", f"\n{snippet}\n  example:\n"))
+    listed = {line.split()[0] for line in run(repo, "dvc", "stage", "list").stdout.splitlines()}
+    assert {"example", "mine"} <= listed
+    assert "data/prepared/mine.pt --cores all --configfile my.yaml" in run(
+        repo, "dvc", "repro", "--dry", "--single-item", "--force", "mine", check=False).stdout
+
+
 @pytest.mark.workflow
 def test_repro_tracks_outputs_and_records_params_and_metrics(finished_run: Path) -> None:
     locked = yaml.safe_load((finished_run / "dvc.lock").read_text())["stages"]
@@ -225,8 +264,8 @@ def test_collaborator_pulls_models_and_uaps_from_a_remote(finished_run: Path,
     assert len(pulled) == 4
     pulled.append(Path("data/prepared/mnist5k.pt"))
 
-    # a plain `dvc pull` fails, as the guide says: fashion_mnist_data, fashion and paper never
-    # ran, so dvc.lock has no hash for their outputs
+    # a plain `dvc pull` fails, as the guide says: fashion_mnist_data, fashion, paper and
+    # example never ran, so dvc.lock has no hash for their outputs
     plain = tmp_path / "plain"
     run(tmp_path, "git", "clone", "-q", "origin", "plain")
     assert not (plain / "results").exists()
@@ -271,7 +310,7 @@ def test_collaborator_pulls_models_and_uaps_from_a_remote(finished_run: Path,
     # paper depend on fashion_mnist_data, which owns data/prepared/fashion_mnist.pt
     stages = run(clone, "dvc", "stage", "list").stdout
     assert {line.split()[0] for line in stages.splitlines()} == {
-        "quick", "fashion_mnist_data", "fashion", "paper"}
+        "quick", "fashion_mnist_data", "fashion", "paper", "example"}
     status = {" ".join(line.split()) for line in
               run(clone, "dvc", "status", "fashion").stdout.splitlines()}
     assert {"deleted: results/fashion", "deleted: reports/fashion/metrics.json",

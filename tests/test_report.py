@@ -386,6 +386,58 @@ def test_differences_from_the_paper_follow_the_config(run: dict[str, Any]) -> No
     assert "data splits (mnist5k)" not in changed
 
 
+def test_custom_dataset_split_row_names_its_source_and_attack_split(
+        run: dict[str, Any]) -> None:
+    """Your own dataset's "data splits" row: the format and path (or torchvision class) from
+    data.custom.<name>, and the attack split as the evaluations recorded the prepared file
+    (held-out block, the file's own x_attack, or the training images), else as configured."""
+    npz = {"format": "npz", "path": "data/examples/digits.npz"}
+    config = dict(json.loads(json.dumps(CONFIG).replace("mnist5k", "digits")),
+                  data={"custom": {"digits": npz}})
+    rows = [{"dataset": "digits", "n_test": 1000}]
+
+    def split_row(entry: dict[str, Any], splits: dict[str, Any] | None = None) -> list[str]:
+        config["data"]["custom"]["digits"] = entry
+        table = {r[0]: r for r in paper_differences(
+            config, rows, {"digits": splits} if splits else None)}
+        return table["data splits (digits)"]
+
+    held = split_row(npz, {"train": 3200, "attack": 800, "test": 1000,
+                           "attack_split": "held_out"})
+    assert held[1] == (
+        "digits (data.custom.digits): npz data/examples/digits.npz; 800 training images held "
+        "out as the attack split (never trained on), 3,200 left for training; UAPs crafted on "
+        "the first 4,000 attack-split images; rates over 1,000 test inputs")
+    assert held[2] == "your own dataset: not the paper's data"
+    own = split_row(npz, {"train": 4000, "attack": 500, "test": 1000, "attack_split": "own"})
+    assert "attack split: the file's own x_attack (500 images)" in own[1]
+    folder = split_row({"format": "folder", "path": "imgs"},
+                       {"train": 90, "attack": 30, "test": 30, "attack_split": "own"})
+    assert "folder imgs; attack split: the folder's own attack/ images (30 images)" in folder[1]
+    same = split_row(dict(npz, attack_holdout=0),
+                     {"train": 4000, "attack": 4000, "test": 1000, "attack_split": "train"})
+    assert "no attack split held out (attack_holdout: 0)" in same[1]
+    # evaluations written before the record: as the configuration sets it
+    assert "1,500 training images held out" in split_row(dict(npz, attack_holdout=1500))[1]
+    assert "x_attack if given, else min(10,000, a fifth" in split_row(npz)[1]
+    tv = split_row({"format": "torchvision", "class": "EMNIST", "kwargs": {"split": "digits"}})
+    assert "torchvision.datasets.EMNIST(split='digits')" in tv[1]
+
+    # the report itself: the record comes from the evaluation files
+    for path in [run["metrics"], *run["evals"]]:
+        data = json.loads(Path(path).read_text().replace("mnist5k", "digits"))
+        if path == run["metrics"]:
+            data["config"]["data"] = {"custom": {"digits": npz}}
+        else:
+            data["splits"] = {"train": 3200, "attack": 800, "test": 1000,
+                              "attack_split": "held_out"}
+        Path(path).write_text(json.dumps(data))
+    _, page = _render(run)
+    section = page[page.index("<h2>Differences from the paper</h2>"):
+                   page.index("<h2>Provenance</h2>")]
+    assert html_escape(held[1]) in section
+
+
 def test_run_without_pgd_or_transfer_still_renders(run: dict[str, Any]) -> None:
     metrics = json.loads(Path(run["metrics"]).read_text())
     del metrics["transfer"]

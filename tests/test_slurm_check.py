@@ -5,6 +5,7 @@ Snakemake CLI, and real processes holding (or no longer holding) the working dir
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from test_workflow import REDUCED, copy_workflow
 
+from jacreg.config import format_lambda
 from jacreg.workflow import slurm_check as sc
 from jacreg.workflow import workdir_lock
 
@@ -349,6 +351,98 @@ def test_impossible_request_stops_before_any_sbatch(tmp_path: Path, fake_slurm, 
     else:
         assert "--set-threads train=2 attack=2 evaluate=2 attack_suite=2" in out, out
     assert not (work / "data" / "prepared").exists()  # not even the local rule ran
+
+
+def test_custom_data_and_models_prepare_and_import_locally_and_submit_the_rest(
+        tmp_path: Path, fake_slurm) -> None:
+    """The worked example's dataset and model (reduced), one dataset trained here and one scored
+    from checkpoints trained elsewhere, under profiles/slurm with fake SLURM commands whose
+    sbatch records each submission and refuses it: preparing the data and importing the
+    checkpoints run on the submitting host (local rules), before any sbatch; training and the
+    attack/evaluate group are submitted, with the profile's requests."""
+    import importlib.util
+
+    import torch
+    from test_custom_workflow import NPZ
+    from test_custom_workflow import REDUCED as EXAMPLE
+
+    (tmp_path / "wf").mkdir()
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(REPO / "examples", work / "examples")
+    shutil.copytree(REPO / "profiles", work / "profiles")
+    loader = importlib.util.spec_from_file_location(
+        "make_digits", REPO / "examples/custom/make_digits.py")
+    make_digits = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(make_digits)
+    arrays = make_digits.digits()
+    small = {"x_train": arrays["x_train"][:400], "y_train": arrays["y_train"][:400],
+             "x_test": arrays["x_test"][:100], "y_test": arrays["y_test"][:100],
+             "class_names": arrays["class_names"]}
+    make_digits.write_if_changed(small, work / NPZ)
+    sys.path.insert(0, str(REPO / "examples/custom"))
+    try:
+        import digits_net
+    finally:
+        sys.path.remove(str(REPO / "examples/custom"))
+    kwargs = EXAMPLE["train"]["arch_kwargs"]
+    (work / "weights").mkdir()
+    checkpoints = []
+    for lam in EXAMPLE["lambdas"]:  # state dicts as another tool saves them
+        path = f"weights/scored_lam{format_lambda(lam)}.pt"
+        torch.save(digits_net.build(1, 10, 28, **kwargs).state_dict(), work / path)
+        checkpoints.append({"lambda": lam, "seed": 0, "path": path})
+    entry = EXAMPLE["data"]["custom"]["digits"]
+    config = dict(EXAMPLE, run_name="hpc", datasets=["digits", "scored"],
+                  epsilons={"digits": [0.3], "scored": [0.3]},
+                  data={"custom": {"digits": entry, "scored": entry}},
+                  models={"code_dirs": ["examples/custom"], "pretrained": {"scored": {
+                      "architecture": "digits_net:build", "arch_kwargs": kwargs,
+                      "checkpoints": checkpoints}}})
+    (work / "hpc.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "fakebin" / "sbatch").write_text(
+        '#!/bin/bash\necho "sbatch $*" >> "$FAKE_DIR/calls.log"\n'
+        'echo "sbatch: error: the fake cluster runs no jobs" >&2; exit 1\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--retries", "0",
+         "--set-threads", "train=1", "attack=1", "evaluate=1", "attack_suite=1",
+         "--configfile", "hpc.yaml"],
+        cwd=work, env=fake_slurm, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out  # nothing submitted can finish on the fake cluster
+    submitted = [line for line in (tmp_path / "calls.log").read_text().splitlines()
+                 if line.startswith("sbatch ")]
+
+    def option(line: str, name: str) -> list[str]:
+        """The values of a Snakemake option in the job command sbatch was given (--wrap)."""
+        values = line.split(f" --{name} ", 1)[1].split(" --", 1)[0]
+        return [value.strip("'") for value in values.split()]
+
+    jobs = sorted(tuple(sorted(option(line, "target-jobs"))) for line in submitted)
+    lams = [format_lambda(lam) for lam in EXAMPLE["lambdas"]]
+    # one training job per model of the trained dataset; the scored dataset's models go
+    # straight to their attack/evaluate group job; the rest waits for these
+    assert jobs == sorted(
+        [(f"train:dataset=digits,lam={lam},seed=0",) for lam in lams]
+        + [(f"attack:dataset=scored,lam={lam},seed=0", f"evaluate:dataset=scored,lam={lam},seed=0")
+           for lam in lams]), jobs
+    for line in submitted:
+        rules = sorted(option(line, "allowed-rules"))
+        assert rules in (["train"], ["attack", "evaluate"]), line
+        comment = option(line, "comment")[0]
+        # the profile's requests (threads lowered to the fake node's by --set-threads)
+        runtime = "180" if rules == ["train"] else "120"  # the group: attack + evaluate
+        assert comment.startswith("rule_train_wildcards_digits_" if rules == ["train"]
+                                  else "rule_uap_eval"), line
+        assert f"-t {runtime} --mem 16000" in line and "--cpus-per-task=1" in line, line
+        assert "--gpus=1" in line, line
+    # the local rules ran here: both datasets prepared, the scored checkpoints imported
+    assert out.count("localrule prepare_custom:") == 2, out
+    assert out.count("localrule import_model:") == len(lams), out
+    for name in ("digits", "scored"):
+        assert (work / f"data/prepared/{name}.pt").is_file(), out
+    imported = sorted(p.name for p in (work / "results/hpc/models/scored").iterdir())
+    assert imported == sorted(f"lam{lam}_seed0.pt" for lam in lams), out
+    assert not (work / "results/hpc/models/digits").exists()  # training was submitted
 
 
 # ------------------------------------------------------------------------------------------------

@@ -105,8 +105,9 @@ def cmd_import_model(args: argparse.Namespace) -> None:
 
 def cmd_attack(args: argparse.Namespace) -> None:
     from jacreg.attack_suite import StrongSettings, replicate_seed, strong_uap
-    from jacreg.data import load_prepared, to_float
+    from jacreg.data import load_prepared_spec, to_float
     from jacreg.models import load_checkpoint
+    from jacreg.preflight import target_class_problem
     from jacreg.uap import UAP_FORMAT, sgd_uap
 
     log = runtime.setup_logging("attack")
@@ -118,8 +119,13 @@ def cmd_attack(args: argparse.Namespace) -> None:
     strong = StrongSettings.from_config(settings.get("strong"))
     replicates = int(settings.get("replicates", 1))
     eps_list = [float(e) for e in json.loads(args.eps)]
+    tensors, spec = load_prepared_spec(args.data, args.dataset)
+    target = settings.get("target_class")
+    if target is not None and not 0 <= int(target) < spec.num_classes:
+        # checked before any job where K is known then (preflight), here for the rest
+        raise SystemExit(target_class_problem(int(target), args.dataset, spec.num_classes,
+                                              f"recorded in {args.data}"))
     model = load_checkpoint(args.checkpoint, device=device)
-    tensors = load_prepared(args.data)
     n = settings["n_images"]
     x, y = to_float(tensors["x_attack"][:n]), tensors["y_attack"][:n]
     x, y = x.to(device), y.to(device)

@@ -705,19 +705,22 @@ def prepare_custom(name: str, entry: Mapping[str, Any], out: str | Path,
 
 
 def check_source(name: str, entry: Mapping[str, Any], source: str | None = None,
-                 digests: Mapping[str, str] | None = None) -> None:
+                 digests: Mapping[str, str] | None = None) -> int | None:
     """Everything that can be checked without downloading or decoding: an npz completely, a
     folder's layout and image headers, a torchvision class's existence and sources. Raises
-    :class:`DataError`. The workflow calls it while reading the configuration."""
+    :class:`DataError`. The workflow calls it while reading the configuration.
+
+    Returns the number of classes K when the source tells it without downloading (an npz, a
+    folder, ``class_names`` in the entry), else None."""
     ds = CustomDataset.from_config(name, entry)
     if ds.format == "npz":
-        build_splits(ds, _read_npz(ds))
-    elif ds.format == "folder":
-        scan_folder(ds)
-    else:
-        problems = source_problems(ds, source, digests)
-        if problems:
-            raise _fail(ds, f"torchvision.datasets.{ds.cls}", problems)
+        return int(build_splits(ds, _read_npz(ds))[1]["num_classes"])
+    if ds.format == "folder":
+        return len(scan_folder(ds).classes)
+    problems = source_problems(ds, source, digests)
+    if problems:
+        raise _fail(ds, f"torchvision.datasets.{ds.cls}", problems)
+    return len(ds.class_names) if ds.class_names else None
 
 
 def needs_preparing(entry: Mapping[str, Any], prepared: str | Path) -> bool:

@@ -177,9 +177,14 @@ def evaluate_model(checkpoint: str | Path, uap_file: str | Path, data_file: str 
         log.info("eps=%g uap_evasion=%.4f fooling=%.4f random_evasion=%.4f", eps,
                  row["uap_evasion_rate"], row["uap_fooling_rate"], row["random_evasion_rate"])
         rows.append(row)
+    x_train, x_attack = tensors["x_train"], tensors["x_attack"]
     return {
         "dataset": dataset, "lambda": float(lam), "seed": int(seed),
         "class_names": list(spec.classes),
+        # the splits as prepared, for the report: sizes, and where the attack split came from
+        "splits": {"train": len(x_train), "attack": len(x_attack), "test": len(y_test),
+                   "attack_split": "held_out" if spec.attack_holdout > 0 else
+                   "train" if torch.equal(x_attack, x_train) else "own"},
         "class_pair_matrix": [[None if math.isnan(c) else float(c) for c in r]
                               for r in matrix.tolist()],
         "shared_metric_mean": float(scores.mean()),

@@ -28,7 +28,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +184,46 @@ def _fmt_list(values: Any) -> str:
     return _fmt(values)
 
 
-def _split_text(dataset: str, config: dict[str, Any], n_test: int | None) -> tuple[str, str]:
+def _custom_split_text(dataset: str, entry: dict[str, Any], splits: dict[str, Any] | None,
+                       n_attack: Any, test: str) -> str:
+    """A ``data.custom`` dataset's source (format and path or class, from the configuration) and
+    its attack split, as prepared (``splits``: an evaluation's record of the prepared file) or,
+    for evaluations written before that record, as the configuration sets it."""
+    fmt = entry.get("format", "?")
+    if fmt == "torchvision":
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in (entry.get("kwargs") or {}).items())
+        source = f"torchvision.datasets.{entry.get('class')}({kwargs})"
+    else:
+        source = f"{fmt} {entry.get('path')}"
+    own = {"npz": "the file's own x_attack", "folder": "the folder's own attack/ images"}.get(
+        fmt, "its own attack split")
+    holdout = entry.get("attack_holdout")
+    kind = (splits or {}).get("attack_split")
+    if kind == "held_out":
+        attack = (f"{splits['attack']:,} training images held out as the attack split (never "
+                  f"trained on), {splits['train']:,} left for training")
+    elif kind == "own":
+        attack = f"attack split: {own} ({splits['attack']:,} images)"
+    elif kind == "train" or holdout == 0:
+        attack = "no attack split held out (attack_holdout: 0): UAPs crafted on training images"
+    elif holdout is not None:
+        attack = f"{holdout:,} training images held out as the attack split (never trained on)"
+    else:
+        attack = (f"attack split: {own} if given, else min(10,000, a fifth of the training "
+                  "images) held out")
+    return (f"{dataset} (data.custom.{dataset}): {source}; {attack}; UAPs crafted on the first "
+            f"{_n(n_attack)} attack-split images; rates over {test}")
+
+
+def _split_text(dataset: str, config: dict[str, Any], n_test: int | None,
+                splits: dict[str, Any] | None = None) -> tuple[str, str]:
     spec = REGISTRY.get(dataset)
     n_attack = (config.get("attack") or {}).get("n_images")
     test = f"{n_test:,} test inputs" if n_test else "the test split"
+    custom = ((config.get("data") or {}).get("custom") or {}).get(dataset)
+    if spec is None and isinstance(custom, dict):
+        return (_custom_split_text(dataset, custom, splits, n_attack, test),
+                "your own dataset: not the paper's data")
     if spec is None:
         return f"{dataset}: {test}", "our choice"
     if spec.attack_holdout == 0:
@@ -202,9 +238,11 @@ def _split_text(dataset: str, config: dict[str, Any], n_test: int | None) -> tup
             "our choice of attack split (held out from training)")
 
 
-def paper_differences(config: dict[str, Any], rows: Sequence[Row]) -> list[list[str]]:
+def paper_differences(config: dict[str, Any], rows: Sequence[Row],
+                      splits: dict[str, dict[str, Any]] | None = None) -> list[list[str]]:
     """Every setting of this run that is our choice, as (setting, this run, status) rows,
-    generated from the configuration stored in metrics.json."""
+    generated from the configuration stored in metrics.json (and ``splits``: dataset -> the
+    prepared splits an evaluation recorded, which a custom dataset's row names)."""
     ours = "our choice: the paper's value could not be read"
     beyond = "beyond the paper: our addition"
     datasets = list(config.get("datasets") or _ordered_datasets(rows))
@@ -215,7 +253,7 @@ def paper_differences(config: dict[str, Any], rows: Sequence[Row]) -> list[list[
     n_tests = {str(r["dataset"]): int(r["n_test"]) for r in rows if "n_test" in r}
     out: list[list[str]] = []
     for ds in datasets:
-        split, status = _split_text(ds, config, n_tests.get(ds))
+        split, status = _split_text(ds, config, n_tests.get(ds), (splits or {}).get(ds))
         out.append([f"data splits ({ds})", split, status])
     for ds in datasets:
         t = train_settings(config, ds) if train else {}
@@ -344,6 +382,7 @@ class ReportInput:
     eps_all: list[float]
     benchmark_paths: Sequence[str | Path]
     images: dict[str, bytes]
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> as prepared
 
 
 SectionData = dict[str, Any] | list[Any] | None
@@ -612,7 +651,7 @@ def _figures(run: ReportInput) -> list[dict[str, str]]:
 @section("differences")
 def _differences(run: ReportInput) -> dict[str, Any]:
     return {"table": _table(["setting", "this run", "status"],
-                            paper_differences(run.config, run.rows))}
+                            paper_differences(run.config, run.rows, run.splits))}
 
 
 @section("provenance")
@@ -689,6 +728,7 @@ def render_report(metrics_path: str | Path, eval_paths: Sequence[str | Path],
         datasets=datasets, lambdas=_unique([_f(r["lambda"]) for r in rows]),
         seeds=_unique([int(r["seed"]) for r in rows]),
         eps_all=_unique([_f(r["eps"]) for r in rows]),
-        benchmark_paths=list(benchmark_paths), images=images)
+        benchmark_paths=list(benchmark_paths), images=images,
+        splits={str(e["dataset"]): e["splits"] for e in evals if "splits" in e})
     _write(Path(html_path), render_html(run).encode("utf-8"))
     return [Path(figures_dir) / name for name in images]
