@@ -20,7 +20,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import yaml
 from doc_blocks import Block, block, blocks, commands
+from test_workflow import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
@@ -146,13 +146,7 @@ def test_headline_block_matches_the_committed_reports() -> None:
 
 
 def workflow_copy(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name)
-        else:
-            shutil.copy2(src, dest / name)
+    copy_workflow(dest, WORKFLOW)
     (dest / ".venv").symlink_to(Path(sys.executable).parent.parent, target_is_directory=True)
     return dest
 

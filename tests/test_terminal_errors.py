@@ -12,7 +12,6 @@ be in what the user sees, not only in ``logs/data/prepare_*.log``.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_workflow import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 # what a fresh clone has that the run reads; profiles/ holds the workflow profile under test
@@ -44,14 +44,7 @@ def offline_env() -> dict[str, str]:
 
 
 def copy_repo(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+    return copy_workflow(dest, COPIED)
 
 
 def run_offline(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ REDUCED = {
 }
 
 
-def copy_workflow(dest: Path) -> Path:
+def copy_workflow(dest: Path, names: Sequence[str] = tuple(WORKFLOW_FILES)) -> Path:
+    """Copy the repository's files and folders ``names`` into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
+    for name in names:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name)
