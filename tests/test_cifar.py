@@ -49,7 +49,8 @@ def reduced_config(source: str, digests: dict[str, str]) -> dict:
         "train": {"device": "cpu", "overrides": {"cifar10": {
             "architecture": "resnet18", "epochs": 1, "batch_size": 32, "augment": True,
             "optimizer": "adam", "lr": 0.001, "schedule": "constant", "weight_decay": 0.0}}},
-        "attack": {"n_images": 40, "epochs": 1, "batch_size": 40, "device": "cpu"},
+        "attack": {"n_images": 40, "epochs": 1, "batch_size": 40, "device": "cpu",
+                   "replicates": 1, "strong": {"restarts": 1, "epochs": 2}},
         "analysis": {"n_inputs": 20, "n_pairs": 30, "pairs_per_class_pair": 2,
                      "batch_size": 20, "device": "cpu", **_optional_analysis()},
     }
