@@ -131,7 +131,8 @@ def test_attack_suite_worst_case_and_transfer_in_metrics(finished_run: Path) -> 
     for row in metrics["rows"]:
         members = row["member_evasion_rates"]
         other = "transfer:1" if row["lambda"] == 0.0 else "transfer:0"
-        assert set(members) == {"paper", "strong", other}
+        warm = other.replace("transfer:", "warm:")  # the warm start from that transfer
+        assert set(members) == {"paper", "strong", other, warm}
         # two attack replicates: the row's paper rate is their mean, the suite scored the same
         # two UAPs on the same test split as the evaluate stage
         assert row["uap_replicates"] == 2
@@ -144,7 +145,9 @@ def test_attack_suite_worst_case_and_transfer_in_metrics(finished_run: Path) -> 
         # the worst member (replicate included) is the attack-split maximum over all members
         # of all replicates; its test rate is the worst case
         chosen = row["member_attack_split_rates"]
-        assert set(chosen) == {"paper#0", "paper#1", "strong#0", "strong#1", other}
+        assert set(chosen) == {"paper#0", "paper#1", "strong#0", "strong#1", other, warm}
+        assert chosen[warm] >= chosen[other]  # never below its transfer on the attack split
+        assert row["warm_gain_over_transfer"] == pytest.approx(members[warm] - members[other])
         assert chosen[row["worst_uap_member"]] == max(chosen.values())
         family, _, rep = row["worst_uap_member"].partition("#")
         assert row["worst_uap_evasion_rate"] == (replicates[family][int(rep)] if rep
