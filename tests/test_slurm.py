@@ -187,8 +187,18 @@ def test_readme_trial_reaches_the_report(reference) -> None:
     assert (work / "logs" / "slurm").is_dir()
     # the cap reached the jobs themselves: each training used the CPUs SLURM gave it
     cpus = min(4, len(os.sched_getaffinity(0)))  # the node's CPUs: the script uses nproc
-    for log in (work / "logs/quick/train/mnist5k").glob("*.log"):
-        assert f" threads={cpus} " in log.read_text(), log.read_text()
+    # sbatch asked for the lowered CPUs, and the training ran one thread on each CPU SLURM let
+    # it see (the job step's `--cores all` limits Snakemake's threads to those)
+    logs = sorted((work / "logs/quick/train/mnist5k").glob("*.log"))
+    assert len(logs) == 2
+    for log in logs:
+        text = log.read_text()
+        granted = re.search(r" threads=(\d+) visible_cpus=(\d+) slurm_job=\d+ "
+                            r"slurm_cpus_per_task=(\d+) ", text)
+        assert granted, text
+        threads, visible, per_task = map(int, granted.groups())
+        assert per_task == cpus, text
+        assert threads == min(per_task, visible), text
     assert (work / "reports/quick/report.html").stat().st_size > 10_000
     assert queued(work) == []
 

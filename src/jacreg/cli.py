@@ -75,8 +75,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     x, y = to_float(tensors["x_train"]), tensors["y_train"]
     out = Path(args.out)
     state_path = out.with_name(out.stem + ".resume.pt")
-    log.info("train dataset=%s lambda=%g seed=%d n=%d device=%s threads=%d settings=%s",
-             args.dataset, args.lam, args.seed, len(x), device, threads, json.dumps(settings))
+    log.info("train dataset=%s lambda=%g seed=%d n=%d device=%s threads=%d %s settings=%s",
+             args.dataset, args.lam, args.seed, len(x), device, threads,
+             runtime.cpu_allocation(), json.dumps(settings))
     started = time.perf_counter()
     model, history = train_model(x, y, spec, settings, args.lam, args.seed, device,
                                  state_path=state_path)

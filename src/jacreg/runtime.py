@@ -35,6 +35,16 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def cpu_allocation() -> str:
+    """Where the CPUs came from, for the log: those this process may run on and, inside a SLURM
+    job, the CPUs per task SLURM granted (``SLURM_CPUS_PER_TASK``)."""
+    text = f"visible_cpus={len(os.sched_getaffinity(0))}"
+    if os.environ.get("SLURM_JOB_ID"):
+        text += (f" slurm_job={os.environ['SLURM_JOB_ID']}"
+                 f" slurm_cpus_per_task={os.environ.get('SLURM_CPUS_PER_TASK', '?')}")
+    return text
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator for data order and sampling."""
     random.seed(seed)
