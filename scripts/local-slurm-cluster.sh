@@ -41,7 +41,8 @@ install_packages() {
 write_config() {
     local host cpus mem_mb
     host=$(hostname -s)
-    cpus=$(nproc)
+    # the CPUs this process may use; nproc alone would honour OMP_NUM_THREADS/OMP_THREAD_LIMIT
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
     mkdir -p "$CONF_DIR" "$STATE_DIR"/{ctld,spool,log}
     if [ -f "$CONF" ] && ! grep -q "written by jacreg" "$CONF"; then

@@ -63,7 +63,9 @@ def cluster():
     start, stop = readme_trial()[0], readme_trial()[-1]
     assert start == "scripts/local-slurm-cluster.sh start", start
     assert stop == "scripts/local-slurm-cluster.sh stop", stop
-    cluster_env = dict(env, JACREG_SLURM_DIR="/tmp/jacreg-slurm-test")
+    # OMP_NUM_THREADS=1 as a shell may have it: the node must still offer the CPUs this
+    # process may use (GNU nproc alone would say 1)
+    cluster_env = dict(env, JACREG_SLURM_DIR="/tmp/jacreg-slurm-test", OMP_NUM_THREADS="1")
     subprocess.run(["bash", str(SCRIPT), "start"], check=True, env=cluster_env, timeout=600)
     try:
         yield env
@@ -223,6 +225,11 @@ def kill_one_training(work: Path, log: Path, stop: threading.Event, killed: list
         by_model: dict[str, list[int]] = {}
         for line in procs.splitlines():
             pid, _, cmd = line.partition(" ")
+            try:  # only this run's trainings: other tests may train at the same time (xdist)
+                if Path(f"/proc/{pid}/cwd").resolve() != work.resolve():
+                    continue
+            except OSError:
+                continue
             match = re.search(r"--out '?([^' ]+)\.pt", cmd)
             if match:
                 by_model.setdefault(match.group(1), []).append(int(pid))

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -300,57 +298,3 @@ def test_paper_fashion_profile_validates_and_plans_the_paper_grid(tmp_path: Path
     train_cmds = [ln for ln in proc.stdout.splitlines() if "jacreg.cli train" in ln]
     assert len(train_cmds) == 18
     assert all('"architecture": "cnn"' in ln and '"epochs": 20' in ln for ln in train_cmds)
-
-
-@pytest.mark.workflow
-def test_snakemake_killed_mid_training_then_the_same_command_recovers(tmp_path: Path) -> None:
-    """README, failure modes: Snakemake itself killed (SIGKILL to its process group, as the OOM
-    killer or a reboot would leave it) mid-training; the same command again finishes with the
-    numbers of an uninterrupted run. A second Snakemake started while the first lives is refused.
-    """
-    config = dict(REDUCED, train=dict(REDUCED["train"], epochs=8))  # a window to kill it in
-    reference = copy_workflow(tmp_path / "reference")
-    (reference / "e2e.yaml").write_text(yaml.safe_dump(config))
-    snakemake(reference, "--cores", "2", "--configfile", "e2e.yaml")
-
-    workdir = copy_workflow(tmp_path / "killed")
-    shutil.copytree(REPO / "profiles" / "default", workdir / "profiles" / "default")
-    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "e2e.yaml"]
-    models = workdir / "results" / "e2e" / "models" / "mnist5k"
-    train_logs = workdir / "logs" / "e2e" / "train" / "mnist5k"
-
-    def wait_for(predicate, what: str) -> None:
-        deadline = time.monotonic() + 600
-        while not predicate():
-            assert first.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=workdir, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: len(list(train_logs.glob("*.log"))) == 2, "both trainings to start")
-        refused = snakemake(workdir, "--cores", "2", "--configfile", "e2e.yaml", check=False)
-        assert refused.returncode != 0
-        assert "LockException" in refused.stderr, refused.stderr
-        assert "Another Snakemake process is running in this directory" in refused.stderr
-        wait_for(lambda: list(models.glob("*.resume.pt")), "a saved epoch")
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    unfinished = [p for p in models.glob("*.resume.pt")]
-    assert unfinished, "both trainings had finished before the kill"
-    assert list((workdir / ".snakemake" / "locks").glob("*.lock")), "no stale lock was left"
-
-    again = snakemake(workdir, "--cores", "2", "--configfile", "e2e.yaml")  # the same command
-    assert "stale Snakemake lock file(s)" in again.stderr, again.stderr
-    for state in unfinished:
-        log = (train_logs / state.name.replace(".resume.pt", ".log")).read_text()
-        assert "resuming from" in log, log
-    first_rows = json.loads((reference / "reports/e2e/metrics.json").read_text())["rows"]
-    again_rows = json.loads((workdir / "reports/e2e/metrics.json").read_text())["rows"]
-    assert again_rows == first_rows
