@@ -137,19 +137,22 @@ exec {sys.executable} "$@"
     assert "claim x attack pairs that agree" in proc.stdout
 
 
-def test_the_committed_comparison_is_what_the_documented_command_prints():
+@pytest.mark.parametrize("name, committed_json", [
+    ("committed_comparison", "reports/quick-second-machine-check.json"),  # 1 vs 2 threads
+    ("cross_cpu_comparison", "reports/quick-cross-cpu-check.json"),  # AMD EPYC vs Intel Xeon
+])
+def test_the_committed_comparison_is_what_the_documented_command_prints(name, committed_json):
     """docs/reproducibility.md's command, run as written on the committed metrics files, gives
     the committed comparison and the output the page shows."""
     from doc_blocks import block, commands
 
-    (line,) = commands(block("docs/reproducibility.md", "committed_comparison",
-                             "tests/test_compare.py"))
+    (line,) = commands(block("docs/reproducibility.md", name, "tests/test_compare.py"))
     argv = line.split()
     assert argv[0] == ".venv/bin/python"
     proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    committed = json.loads((REPO / "reports/quick-second-machine-check.json").read_text())
+    committed = json.loads((REPO / committed_json).read_text())
     assert f"{committed['claims_agree']} of {committed['claims_total']}" in proc.stdout
     page = (REPO / "docs/reproducibility.md").read_text()
     for out_line in proc.stdout.splitlines()[2:]:  # the table onwards, as the page shows it
